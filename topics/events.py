@@ -1,0 +1,238 @@
+"""User event records and their validation.
+
+Producers publish one JSON object per Kafka message to ``user-events``, keyed by ``user_id``.
+``parse_event`` turns raw bytes into a ``UserEvent`` or raises ``InvalidEvent`` with a
+machine-readable ``reason`` (the dead-letter reason) and a human-readable ``detail``.
+Validation is hand-written rather than schema-driven because it runs on every event of the
+hot path; ``topics/schemas/user-event.schema.json`` states the same contract for producers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    SEARCH = "search"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+
+
+ITEM_EVENTS = frozenset({EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE})
+
+
+class Reason(StrEnum):
+    """Why an event was dead-lettered; the values are metric labels and DeadLetter reasons."""
+
+    OVERSIZED = "oversized"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    INVALID_VALUE = "invalid_value"
+    TOO_MANY_ITEMS = "too_many_items"
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be processed; carries the dead-letter reason."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input limits enforced by ``parse_event`` (anything larger is dead-lettered)."""
+
+    max_bytes: int = 16_384
+    max_id_chars: int = 256
+    max_query_chars: int = 512
+    max_items: int = 200
+
+
+@dataclass(slots=True)
+class UserEvent:
+    """One validated user event.
+
+    ``timestamp_ms`` is the event time in milliseconds since the Unix epoch, as the producer
+    saw it. ``item_id`` is set for item events (view/click/add_to_cart/purchase) and absent
+    for searches; ``query`` / ``query_tokens`` / ``shown_items`` belong to searches.
+    """
+
+    event_id: str
+    event_type: EventType
+    user_id: str
+    session_id: str
+    timestamp_ms: int
+    item_id: str | None = None
+    query: str | None = None
+    query_tokens: list[int] | None = None
+    shown_items: list[str] | None = None
+    quantity: int | None = None
+    price: float | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "event_id": self.event_id,
+            "event_type": self.event_type.value,
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "timestamp_ms": self.timestamp_ms,
+        }
+        for name in ("item_id", "query", "query_tokens", "shown_items", "quantity", "price"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "schema_version", "event_id", "event_type", "user_id", "session_id", "timestamp_ms",
+        "item_id", "query", "query_tokens", "shown_items", "quantity", "price",
+    }
+)  # fmt: skip
+
+
+def _require_id(obj: dict[str, Any], name: str, limits: Limits) -> str:
+    if name not in obj or obj[name] is None:
+        raise InvalidEvent(Reason.MISSING_FIELD, f"'{name}' is required")
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent(Reason.WRONG_TYPE, f"'{name}' must be a string, got {type(value).__name__}")
+    text = str(value)
+    if not text or len(text) > limits.max_id_chars:
+        raise InvalidEvent(
+            Reason.INVALID_VALUE, f"'{name}' must have 1..{limits.max_id_chars} characters"
+        )
+    return text
+
+
+def _optional_int(obj: dict[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(Reason.WRONG_TYPE, f"'{name}' must be an integer")
+    return value
+
+
+def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
+    """Validate one Kafka message value and return the event it carries.
+
+    Raises ``InvalidEvent`` (never anything else) for bad input, so the caller can dead-letter
+    the message with ``exc.reason`` and go on.
+    """
+    if raw is None:
+        raise InvalidEvent(Reason.MALFORMED_JSON, "empty message (null value)")
+    if len(raw) > limits.max_bytes:
+        raise InvalidEvent(Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(Reason.MALFORMED_JSON, str(exc)[:200]) from exc
+    if not isinstance(obj, dict):
+        raise InvalidEvent(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise InvalidEvent(Reason.UNSUPPORTED_SCHEMA_VERSION, f"schema_version {version!r}")
+
+    if "event_type" not in obj:
+        raise InvalidEvent(Reason.MISSING_FIELD, "'event_type' is required")
+    kind = obj["event_type"]
+    if not isinstance(kind, str):
+        raise InvalidEvent(Reason.WRONG_TYPE, "'event_type' must be a string")
+    try:
+        event_type = EventType(kind)
+    except ValueError as exc:
+        raise InvalidEvent(Reason.UNKNOWN_EVENT_TYPE, f"event_type {kind[:64]!r}") from exc
+
+    event_id = _require_id(obj, "event_id", limits)
+    user_id = _require_id(obj, "user_id", limits)
+    session_id = _require_id(obj, "session_id", limits)
+
+    if "timestamp_ms" not in obj:
+        raise InvalidEvent(Reason.MISSING_FIELD, "'timestamp_ms' is required")
+    ts = obj["timestamp_ms"]
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise InvalidEvent(Reason.WRONG_TYPE, "'timestamp_ms' must be a number")
+    if not math.isfinite(ts) or ts < 0 or ts > 32_503_680_000_000:  # year 3000
+        raise InvalidEvent(Reason.INVALID_VALUE, f"timestamp_ms {ts!r} out of range")
+
+    item_id: str | None = None
+    if event_type in ITEM_EVENTS:
+        item_id = _require_id(obj, "item_id", limits)
+    elif obj.get("item_id") is not None:
+        item_id = _require_id(obj, "item_id", limits)
+
+    query = obj.get("query")
+    if query is not None:
+        if not isinstance(query, str):
+            raise InvalidEvent(Reason.WRONG_TYPE, "'query' must be a string")
+        if len(query) > limits.max_query_chars:
+            raise InvalidEvent(
+                Reason.INVALID_VALUE, f"query longer than {limits.max_query_chars} characters"
+            )
+    tokens = obj.get("query_tokens")
+    if tokens is not None:
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise InvalidEvent(Reason.WRONG_TYPE, "'query_tokens' must be a list of integers")
+        if len(tokens) > limits.max_items:
+            raise InvalidEvent(Reason.TOO_MANY_ITEMS, f"{len(tokens)} query tokens")
+    if event_type is EventType.SEARCH and not query and not tokens:
+        raise InvalidEvent(Reason.MISSING_FIELD, "a search needs 'query' or 'query_tokens'")
+
+    shown = obj.get("shown_items")
+    if shown is not None:
+        if not isinstance(shown, list):
+            raise InvalidEvent(Reason.WRONG_TYPE, "'shown_items' must be a list")
+        if len(shown) > limits.max_items:
+            raise InvalidEvent(Reason.TOO_MANY_ITEMS, f"{len(shown)} shown items")
+        if not all(isinstance(s, str | int) and not isinstance(s, bool) for s in shown):
+            raise InvalidEvent(Reason.WRONG_TYPE, "'shown_items' must hold item ids")
+        shown = [str(s) for s in shown]
+
+    quantity = _optional_int(obj, "quantity")
+    price = obj.get("price")
+    if price is not None and (
+        isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price)
+    ):
+        raise InvalidEvent(Reason.WRONG_TYPE, "'price' must be a finite number")
+
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
+    return UserEvent(
+        event_id=event_id,
+        event_type=event_type,
+        user_id=user_id,
+        session_id=session_id,
+        timestamp_ms=int(ts),
+        item_id=item_id,
+        query=query,
+        query_tokens=tokens,
+        shown_items=shown,
+        quantity=quantity,
+        price=float(price) if price is not None else None,
+        extra=extra,
+    )

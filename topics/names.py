@@ -1,0 +1,43 @@
+"""Topic names, partition counts and retention: the only place they are spelled.
+
+Events are keyed by ``user_id`` so that one user's events stay in one partition, in order.
+A deployment can prefix every name (``STREAMREC_TOPIC_PREFIX``) to run several isolated
+pipelines (for example a replay) on one cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic as created by ``streamrec topics create``."""
+
+    name: str
+    partitions: int
+    retention_ms: int
+    description: str
+
+    def prefixed(self, prefix: str) -> TopicSpec:
+        return TopicSpec(prefix + self.name, self.partitions, self.retention_ms, self.description)
+
+
+USER_EVENTS = TopicSpec(
+    "user-events", 4, 7 * DAY_MS, "view/click/search/add_to_cart/purchase events, key=user_id"
+)
+RECOMMENDATIONS = TopicSpec(
+    "recommendations", 4, 1 * DAY_MS, "one ranked Recommendation per trigger event, key=user_id"
+)
+DEAD_LETTERS = TopicSpec(
+    "dead-letters", 1, 14 * DAY_MS, "events that failed validation, with the reason"
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (USER_EVENTS, RECOMMENDATIONS, DEAD_LETTERS)
+
+
+def all_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
+    """Every topic the pipeline uses, with ``prefix`` applied."""
+    return tuple(t.prefixed(prefix) for t in ALL_TOPICS)

@@ -1,0 +1,56 @@
+"""The Recommendation record published to ``recommendations`` (keyed by ``user_id``).
+
+One record answers one trigger event. ``event_id`` is the trigger's id, so a consumer can
+de-duplicate under at-least-once delivery. ``latency_ms`` is trigger-to-publish: from the
+trigger's Kafka record timestamp (when the producer sent it) to ``produced_at_ms``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class Recommendation:
+    user_id: str
+    session_id: str
+    event_id: str
+    kind: str  # "recommend" for item events, "search" for search events
+    items: list[str]
+    scores: list[float]
+    model_version: str
+    produced_at_ms: int
+    trigger_timestamp_ms: int
+    latency_ms: float
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "items": self.items,
+            "scores": self.scores,
+            "model_version": self.model_version,
+            "produced_at_ms": self.produced_at_ms,
+            "trigger_timestamp_ms": self.trigger_timestamp_ms,
+            "latency_ms": self.latency_ms,
+        }
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Recommendation:
+        obj = orjson.loads(raw)
+        return cls(**obj)
+
+
+def encode_recommendations(recs: list[Recommendation]) -> list[bytes]:
+    """Serialise a batch of records (one Kafka message value each)."""
+    dumps = orjson.dumps
+    return [dumps(r.to_dict()) for r in recs]
