@@ -1,0 +1,1 @@
+"""The streaming worker, the CLI and the jobs around them (demo, replay)."""

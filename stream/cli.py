@@ -1,0 +1,92 @@
+"""``streamrec``: the one entry point for every user-facing job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from stream.settings import load_settings
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from stream.worker import run_worker
+
+    run_worker(load_settings())
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from stream.kafka_admin import create_topics
+    from topics.names import all_topics
+
+    settings = load_settings()
+    specs = all_topics(settings.topic_prefix)
+    created = asyncio.run(create_topics(settings.kafka_bootstrap_servers, specs))
+    for spec in specs:
+        state = "created" if spec.name in created else "exists"
+        print(f"{spec.name:40s} partitions={spec.partitions:<3d} {state}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from stream.train_job import train_from_file
+
+    settings = load_settings()
+    out = Path(args.out) if args.out else settings.model_dir
+    path = train_from_file(
+        Path(args.data) if args.data else None,
+        out,
+        test_days=args.test_days,
+        epochs=args.epochs,
+        seed=args.seed,
+        promote=not args.no_promote,
+    )
+    print(f"bundle written: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(rate=args.rate, test_days=args.test_days, settings=load_settings())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run the serving worker (faust app)")
+    w.set_defaults(func=_cmd_worker)
+
+    t = sub.add_parser("topics", help="topic administration")
+    tsub = t.add_subparsers(dest="topics_command", required=True)
+    tc = tsub.add_parser("create", help="create every topic the pipeline uses")
+    tc.set_defaults(func=_cmd_topics)
+
+    tr = sub.add_parser("train", help="train a model and write a versioned bundle")
+    tr.add_argument("--data", help="DIGINETICA views file (default: the sample)")
+    tr.add_argument("--out", help="bundle root (default: STREAMREC_MODEL_DIR)")
+    tr.add_argument("--test-days", type=float, default=14.0,
+                    help="hold out sessions starting in the last N days (default 14)")
+    tr.add_argument("--epochs", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--no-promote", action="store_true", help="do not make it the current one")
+    tr.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser("demo", help="run the whole pipeline on sample data and print a report")
+    d.add_argument("--rate", type=float, default=300.0, help="replay rate, events/s")
+    d.add_argument("--test-days", type=float, default=14.0,
+                   help="replay the sessions of the last N days (trained on the rest)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``streamrec demo``: the whole path on real data, on this machine, then a report.
+
+Starts local Kafka and Redis unless existing ones are configured, trains a model on the
+earlier part of the DIGINETICA sample when no bundle exists, starts a worker process,
+replays the later (held-out) sessions into the events topic at a fixed rate, reads the
+recommendations back and reports counts, accuracy and latency. It stops what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models.evaluation import hit_rate_at_k, mrr_at_k
+from stream.kafka_admin import create_topics, delete_topics
+from stream.replay import Collected, collect, produce
+from stream.services import ROOT, LocalServices, resolve_services
+from stream.settings import Settings
+from topics.datasets import load_diginetica_views, split_by_time
+from topics.events import EventType, UserEvent
+from topics.names import all_topics
+
+SHARED_SAMPLE = ROOT.parent / "shared" / "datasets" / "diginetica" / "sample_train-item-views.csv.gz"
+PACKAGED_SAMPLE = Path(__file__).parent / "data" / "diginetica-sample-views.csv.gz"
+BAD_EVENTS: list[bytes] = [
+    b'{"event_type": "view", "user_id": "u1"',  # truncated JSON
+    b'{"schema_version": 1, "event_id": "bad-2", "event_type": "teleport", "user_id": "u1", '
+    b'"session_id": "s1", "timestamp_ms": 1}',  # unknown event type
+    b'{"schema_version": 1, "event_id": "bad-3", "event_type": "view", "user_id": "u1", '
+    b'"session_id": "s1", "timestamp_ms": "yesterday", "item_id": "1"}',  # wrong type
+]
+
+
+def dataset_path() -> Path:
+    return SHARED_SAMPLE if SHARED_SAMPLE.exists() else PACKAGED_SAMPLE
+
+
+@dataclass
+class DemoReport:
+    events_sent: int
+    bad_sent: int
+    recommendations: int
+    duplicates: int
+    dead_letters: dict[str, int]
+    hr20: float
+    mrr20: float
+    pop_hr20: float
+    pop_mrr20: float
+    targets: int
+    p50_ms: float
+    p99_ms: float
+    events_per_s: float
+    model_version: str
+    train_events: int
+    test_events: int
+    data: Path
+    startup_s: dict[str, float]
+
+    def render(self) -> str:
+        dl = ", ".join(f"{k}={v}" for k, v in sorted(self.dead_letters.items())) or "none"
+        lines = [
+            "streamrec demo report",
+            f"  data                 {self.data.name} (DIGINETICA, CIKM Cup 2016): "
+            f"{self.train_events} training events, {self.test_events} replayed (last days)",
+            f"  model                {self.model_version}",
+            f"  events in            {self.events_sent} valid + {self.bad_sent} injected bad",
+            f"  recommendations out  {self.recommendations} (duplicates {self.duplicates})",
+            f"  dead letters         {sum(self.dead_letters.values())} ({dl})",
+            f"  next-event accuracy  HR@20 {self.hr20:.4f}  MRR@20 {self.mrr20:.4f}  "
+            f"over {self.targets} next events",
+            f"  popularity baseline  HR@20 {self.pop_hr20:.4f}  MRR@20 {self.pop_mrr20:.4f}",
+            f"  trigger->publish     p50 {self.p50_ms:.1f} ms  p99 {self.p99_ms:.1f} ms",
+            f"  throughput           {self.events_per_s:.0f} events/s (replay rate-limited)",
+        ]
+        if self.startup_s:
+            started = ", ".join(f"{k} {v:.1f}s" for k, v in self.startup_s.items())
+            lines.append(f"  services started     {started}")
+        return "\n".join(lines)
+
+
+def next_event_targets(events: list[UserEvent]) -> dict[str, str]:
+    """trigger event_id -> item id of the next item event in the same session."""
+    by_session: dict[str, list[UserEvent]] = {}
+    for e in events:
+        by_session.setdefault(e.session_id, []).append(e)
+    out: dict[str, str] = {}
+    for evs in by_session.values():
+        for cur, nxt in zip(evs, evs[1:], strict=False):
+            if nxt.item_id is not None:
+                out[cur.event_id] = nxt.item_id
+    return out
+
+
+def popularity_lists(train: list[UserEvent], test: list[UserEvent], k: int) -> dict[str, list[str]]:
+    """The POP baseline under the worker's rule: most popular training items minus the items
+    already seen in the session."""
+    counts: dict[str, int] = {}
+    for e in train:
+        if e.item_id is not None:
+            counts[e.item_id] = counts.get(e.item_id, 0) + 1
+    ranked = sorted(counts, key=lambda i: -counts[i])[: k + 200]
+    seen: dict[str, set[str]] = {}
+    out: dict[str, list[str]] = {}
+    for e in test:
+        s = seen.setdefault(e.session_id, set())
+        if e.item_id is not None:
+            s.add(e.item_id)
+        out[e.event_id] = [i for i in ranked if i not in s][:k]
+    return out
+
+
+def _score(lists: dict[str, list[str]], targets: dict[str, str], k: int) -> tuple[float, float, int]:
+    keys = [key for key in targets if key in lists]
+    ranked = [lists[key] for key in keys]
+    truth = [targets[key] for key in keys]
+    return hit_rate_at_k(ranked, truth, k), mrr_at_k(ranked, truth, k), len(keys)
+
+
+def ensure_model(settings: Settings, train: list[UserEvent], data: Path) -> Path:
+    from models.bundle import latest_bundle
+
+    path = latest_bundle(settings.model_dir)
+    if path is not None:
+        return path
+    from stream.train_job import train_and_promote  # torch: training extra only
+
+    print(f"no model bundle in {settings.model_dir}: training one on {data.name} ...", flush=True)
+    return train_and_promote(train, settings.model_dir, source=str(data))
+
+
+async def _replay(
+    bootstrap: str, prefix: str, test: list[UserEvent], rate: float, bad: list[bytes]
+) -> tuple[Collected, float]:
+    names = all_topics(prefix)
+    events_topic, recs_topic, dead_topic = (t.name for t in names)
+    # Readiness probe: the first answer proves the worker joined its group and is serving.
+    probe = UserEvent("probe-0", EventType.VIEW, "probe-user", "probe-session",
+                      int(time.time() * 1000), item_id="probe-item")
+    await produce(bootstrap, events_topic, [(b"probe-user", probe.to_bytes())])
+    got = await collect(bootstrap, recs_topic, dead_topic, expect=1, timeout_s=120)
+    if "probe-0" not in got.recommendations:
+        raise RuntimeError("the worker did not answer the readiness probe within 120 s")
+
+    messages = [(e.user_id.encode(), e.to_bytes()) for e in test]
+    step = max(1, len(messages) // (len(bad) + 1))
+    for j, raw in enumerate(bad):
+        messages.insert((j + 1) * step, (b"bad", raw))
+    expect = len(messages) + 1
+    with tqdm(total=len(messages), desc="replay", unit="ev") as sent_bar, tqdm(
+        total=expect, desc="answers", unit="rec"
+    ) as recv_bar:
+        ready = asyncio.Event()
+        collector = asyncio.create_task(
+            collect(bootstrap, recs_topic, dead_topic, expect=expect, timeout_s=60,
+                    progress=recv_bar.update, ready=ready)
+        )
+        await ready.wait()
+        start = await produce(bootstrap, events_topic, messages, rate=rate,
+                              progress=sent_bar.update)
+        collected = await collector
+    collected.recommendations.pop("probe-0", None)
+    return collected, start
+
+
+def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
+    services = LocalServices(
+        kafka_port=int(os.environ.get("STREAMREC_KAFKA_PORT", "9092")),
+        redis_port=int(os.environ.get("STREAMREC_REDIS_PORT", "6379")),
+    )
+    worker: subprocess.Popen[bytes] | None = None
+    bootstrap = ""
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    prefix = f"demo-{run_id}."
+    try:
+        bootstrap, redis_url = resolve_services(services)
+        data = dataset_path()
+        events, load = load_diginetica_views(data)
+        train, test = split_by_time(events, test_days)
+        bundle = ensure_model(settings, train, data)
+        asyncio.run(create_topics(bootstrap, all_topics(prefix)))
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            REDIS_URL=redis_url,
+            STREAMREC_TOPIC_PREFIX=prefix,
+            STREAMREC_NAMESPACE=f"demo-{run_id}",
+            STREAMREC_GROUP_ID=f"demo-{run_id}",
+            STREAMREC_MODEL_DIR=str(settings.model_dir),
+            STREAMREC_STATE_TTL_S="3600",
+            STREAMREC_LOG_LEVEL="WARNING",
+        )
+        log_path = settings.model_dir.parent / f"demo-worker-{run_id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log_file:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker"], env=env, cwd=ROOT,
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
+            collected, start = asyncio.run(_replay(bootstrap, prefix, test, rate, BAD_EVENTS))
+        recs = collected.recommendations
+        lists = {key: r.items for key, r in recs.items()}
+        targets = next_event_targets(test)
+        hr, mrr, n = _score(lists, targets, 20)
+        pop_hr, pop_mrr, _ = _score(popularity_lists(train, test, 20), targets, 20)
+        lat = np.array([r.latency_ms for r in recs.values()]) if recs else np.zeros(1)
+        elapsed = max(1e-9, collected.last_received_s - start)
+        dead: dict[str, int] = {}
+        for d in collected.dead_letters:
+            dead[d.reason] = dead.get(d.reason, 0) + 1
+        report = DemoReport(
+            events_sent=len(test), bad_sent=len(BAD_EVENTS), recommendations=len(recs),
+            duplicates=collected.duplicates, dead_letters=dead, hr20=hr, mrr20=mrr,
+            pop_hr20=pop_hr, pop_mrr20=pop_mrr, targets=n,
+            p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)),
+            events_per_s=(len(test) + len(BAD_EVENTS)) / elapsed,
+            model_version=bundle.name, train_events=len(train), test_events=len(test),
+            data=data, startup_s=services.startup_s,
+        )
+        print(report.render(), flush=True)
+        lost = len(test) - len(recs)
+        if lost:
+            print(f"ERROR: {lost} events got no recommendation (worker log: {log_path})")
+        return 1 if lost or sum(dead.values()) != len(BAD_EVENTS) else 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if bootstrap:
+            try:
+                asyncio.run(delete_topics(bootstrap, [t.name for t in all_topics(prefix)]))
+            except Exception as exc:  # cleanup must not hide the report
+                print(f"note: could not delete demo topics: {exc}")
+        services.stop_started()

@@ -1,0 +1,55 @@
+"""Thin aiokafka adapter for topic administration (``streamrec topics create``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from topics.names import TopicSpec
+
+
+async def create_topics(bootstrap: str, specs: tuple[TopicSpec, ...]) -> list[str]:
+    """Create each topic that does not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": str(s.retention_ms)},
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        # Metadata propagates asynchronously; wait until every topic is listed.
+        for _ in range(50):
+            if {s.name for s in specs} <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+        return [t.name for t in new]
+    except KafkaError as exc:
+        raise RuntimeError(f"cannot create topics on {bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

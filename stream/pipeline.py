@@ -1,0 +1,196 @@
+"""One micro-batch of valid events in, one Recommendation per event out. No Kafka in here.
+
+Per batch, whatever its size: one pipelined Redis round trip (read + update every user's
+state), one FAISS search, one ONNX Runtime call, one vectorised top-K. The worker (agents.py),
+the demo and offline replays all call ``recommend_batch``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.keys import hashes_to_u64, id_hash
+from features.store import StateUpdate, UserStateStore
+from features.user_state import UserState, decode_state
+from models.serving import ServingModel
+from models.topk import top_k_excluding
+from topics.events import EventType, UserEvent
+from topics.recommendations import Recommendation
+
+# Share of the newest item (vs the long-term vector) in the retrieval query.
+LAST_ITEM_SHARE = 0.7
+
+
+@dataclass(slots=True)
+class Trigger:
+    """A valid event and the Kafka timestamp (ms) at which its producer sent it."""
+
+    event: UserEvent
+    sent_ms: float
+
+
+@dataclass(slots=True)
+class BatchResult:
+    recommendations: list[Recommendation]
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    unknown_items: int = 0
+
+
+@dataclass(slots=True)
+class BatchArrays:
+    """Model inputs for a batch of B states.
+
+    recent:   int64[B, R]  item indices, chronological, left-padded with 0 (newest last)
+    user_vec: float32[B, D]
+    last:     int64[B]     index of the newest known recent item, 0 if none
+    seen:     list of B sets of item indices seen in the current session
+    """
+
+    recent: np.ndarray
+    user_vec: np.ndarray
+    last: np.ndarray
+    seen: list[set[int]]
+
+
+def build_arrays(states: list[UserState], model: ServingModel) -> BatchArrays:
+    """Map every state's recent item hashes to model indices in one vectorised lookup."""
+    b, r, d = len(states), model.max_recent, model.dim
+    counts = [min(len(s.recent), r) for s in states]
+    flat = model.indices_of(hashes_to_u64([h for s in states for h in s.recent[:r]]))
+    recent = np.zeros((b, r), dtype=np.int64)
+    user_vec = np.zeros((b, d), dtype=np.float32)
+    last = np.zeros(b, dtype=np.int64)
+    seen: list[set[int]] = []
+    pos = 0
+    for i, (s, n) in enumerate(zip(states, counts, strict=True)):
+        newest_first = flat[pos : pos + n]
+        pos += n
+        if n:
+            recent[i, r - n :] = newest_first[::-1]
+            known = newest_first[newest_first > 0]
+            if known.size:
+                last[i] = known[0]
+        seen.append({int(x) for x in newest_first[: s.n_session] if x > 0})
+        if s.vector.shape[0] == d and s.space_id == model.space_id:
+            user_vec[i] = s.vector
+    return BatchArrays(recent, user_vec, last, seen)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def retrieval_queries(arrays: BatchArrays, model: ServingModel) -> tuple[np.ndarray, np.ndarray]:
+    """Queries ``float32[B, D]`` for ANN search and a bool mask of rows that have one.
+
+    The query blends the newest item's normalised embedding with the normalised long-term
+    vector; a user with neither (cold start) gets popular items instead.
+    """
+    last_vec = model.normalised_embeddings[arrays.last]
+    long_term = _normalise(arrays.user_vec)
+    q = LAST_ITEM_SHARE * last_vec + (1.0 - LAST_ITEM_SHARE) * long_term
+    q = _normalise(q.astype(np.float32))
+    has_query = np.linalg.norm(q, axis=1) > 0
+    return q, has_query
+
+
+def candidates_for(arrays: BatchArrays, model: ServingModel, n: int) -> np.ndarray:
+    """``int64[B, n]`` candidate indices: one FAISS search for all warm rows, popular for cold."""
+    q, has_query = retrieval_queries(arrays, model)
+    cands = np.tile(model.popular[:n], (q.shape[0], 1))
+    if cands.shape[1] < n:
+        cands = np.pad(cands, ((0, 0), (0, n - cands.shape[1])))
+    if has_query.any():
+        _, idx = model.retriever.search(q[has_query], n)
+        cands[has_query, : idx.shape[1]] = idx
+    return cands
+
+
+def state_updates(events: list[UserEvent], model: ServingModel) -> tuple[list[StateUpdate], int]:
+    """One StateUpdate per event; item embeddings looked up for the whole batch at once."""
+    item_hashes = [id_hash(e.item_id) if e.item_id is not None else None for e in events]
+    present = [h for h in item_hashes if h is not None]
+    idx = model.indices_of(hashes_to_u64(present)) if present else np.zeros(0, np.int64)
+    updates: list[StateUpdate] = []
+    unknown = 0
+    j = 0
+    for e, h in zip(events, item_hashes, strict=True):
+        emb = b""
+        if h is not None:
+            item_index = int(idx[j])
+            j += 1
+            if item_index > 0:
+                emb = model.embeddings[item_index].tobytes()
+            else:
+                unknown += 1
+        updates.append(
+            StateUpdate(
+                user_id=e.user_id,
+                now_ms=float(e.timestamp_ms),
+                session_hash=id_hash(e.session_id),
+                item_hash=h,
+                weight=model.event_weights.get(e.event_type.value, 0.0),
+                embedding=emb,
+            )
+        )
+    return updates, unknown
+
+
+async def recommend_batch(
+    triggers: list[Trigger],
+    store: UserStateStore,
+    model: ServingModel,
+    *,
+    k: int,
+    n_candidates: int,
+    clock: Callable[[], float] = time.time,
+) -> BatchResult:
+    """Update state for every trigger and return one Recommendation per trigger, in order."""
+    if not triggers:
+        return BatchResult([])
+    stage: dict[str, float] = {}
+    events = [t.event for t in triggers]
+
+    t0 = time.perf_counter()
+    updates, unknown = state_updates(events, model)
+    blobs = await store.apply_batch(updates)
+    states = [decode_state(b) for b in blobs]
+    t1 = time.perf_counter()
+    stage["state"] = (t1 - t0) * 1000
+
+    arrays = build_arrays(states, model)
+    cands = candidates_for(arrays, model, max(n_candidates, k + model.max_recent))
+    t2 = time.perf_counter()
+    stage["retrieval"] = (t2 - t1) * 1000
+
+    scores = model.scorer.score(arrays.recent, arrays.user_vec, cands)
+    t3 = time.perf_counter()
+    stage["scoring"] = (t3 - t2) * 1000
+
+    ranked_items, ranked_scores = top_k_excluding(scores, cands, arrays.seen, k)
+    now_ms = clock() * 1000
+    recs: list[Recommendation] = []
+    item_ids = model.item_ids
+    for t, idx_row, score_row in zip(triggers, ranked_items, ranked_scores, strict=True):
+        e = t.event
+        recs.append(
+            Recommendation(
+                user_id=e.user_id,
+                session_id=e.session_id,
+                event_id=e.event_id,
+                kind="search" if e.event_type is EventType.SEARCH else "recommend",
+                items=[item_ids[i - 1] for i in idx_row],
+                scores=[round(float(s), 5) for s in score_row],
+                model_version=model.version,
+                produced_at_ms=int(now_ms),
+                trigger_timestamp_ms=e.timestamp_ms,
+                latency_ms=round(max(0.0, now_ms - t.sent_ms), 3),
+            )
+        )
+    stage["rank"] = (time.perf_counter() - t3) * 1000
+    return BatchResult(recs, stage, unknown)

@@ -1,0 +1,62 @@
+"""Every setting, read from the environment in one place (pydantic-settings).
+
+Names are listed with defaults in deploy/.env.example and docs/configuration.md. An invalid
+value stops start-up with a message naming the setting (``load_settings``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path.home() / ".cache" / "streamrec"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+
+    topic_prefix: str = ""
+    namespace: str = Field("prod", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    group_id: str = "streamrec-worker"
+    model_dir: Path = DEFAULT_HOME / "models"
+
+    batch_max: int = Field(64, ge=1, le=10_000)
+    batch_wait_ms: float = Field(5.0, gt=0, le=60_000)
+    top_k: int = Field(20, ge=1, le=1000)
+    candidates: int = Field(100, ge=1, le=10_000)
+
+    state_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    # None: use the half-life recorded in the model bundle at training time.
+    half_life_s: float | None = Field(None, ge=0)
+    max_recent: int = Field(20, ge=1, le=255)
+
+    max_event_bytes: int = Field(16_384, ge=256)
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    auto_offset_reset: str = Field("earliest", pattern=r"^(earliest|latest)$")
+
+
+class ConfigError(SystemExit):
+    """Start-up stops here: the message names each invalid setting."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            env = name.upper() if name.upper() in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"} else (
+                f"STREAMREC_{name.upper()}"
+            )
+            problems.append(f"{env}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from exc
