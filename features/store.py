@@ -35,11 +35,13 @@ local space = tonumber(ARGV[9])
 local n, n_session, dim, updated, old_session, events, old_space = 0, 0, 0, 0, '', 0, 0
 local vec = {}
 local recent = {}
-if blob and #blob >= 32 then
+-- A value of another layout (or a corrupt one) is replaced by a fresh state rather than
+-- stalling the partition: state is a cache of recent behaviour, not a record.
+if blob and #blob >= 32 and string.byte(blob, 1) == 1 then
   local ver, flags, reserved
   ver, n, n_session, flags, dim, reserved, updated, old_session, events, old_space =
     struct.unpack(HDR, blob)
-  if ver ~= 1 then return redis.error_reply('user state layout ' .. ver .. ' not supported') end
+  if #blob ~= 32 + 4 * dim + 8 * n then n, dim, n_session, events, old_space = 0, 0, 0, 0, 0 end
   for i = 1, dim do vec[i] = struct.unpack('<f', blob, 33 + 4 * (i - 1)) end
   local start = 33 + 4 * dim
   for i = 1, n do recent[i] = string.sub(blob, start + 8 * (i - 1), start + 8 * i - 1) end

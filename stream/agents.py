@@ -22,7 +22,7 @@ from models.serving import ServingModel
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Trigger, recommend_batch
 from topics.dead_letter import DeadLetter
-from topics.events import InvalidEvent, Limits, parse_event
+from topics.events import InvalidEvent, Limits, Reason, parse_event
 from topics.recommendations import encode_recommendations
 
 log = logging.getLogger("streamrec.worker")
@@ -30,7 +30,6 @@ log = logging.getLogger("streamrec.worker")
 # (topic, key, value) -> awaitable that resolves once the broker has the record
 Publish = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[object]]]
 
-PROCESSING_ERROR = "processing_error"
 MAX_BACKOFF_S = 5.0
 
 
@@ -88,7 +87,7 @@ class BatchHandler:
             try:
                 event = parse_event(msg.value, self.limits)
             except InvalidEvent as exc:
-                pending.append(await self._dead_letter(msg, exc.reason.value, exc.detail))
+                pending.append(await self._dead_letter(msg, exc.reason, exc.detail))
                 continue
             m.events_in.labels(event.event_type.value).inc()
             triggers.append(Trigger(event, msg.timestamp_ms))
@@ -148,15 +147,15 @@ class BatchHandler:
             except StateStoreError:
                 raise
             except Exception as exc:
-                await (await self._dead_letter(msg, PROCESSING_ERROR, repr(exc)[:500]))
+                await (await self._dead_letter(msg, Reason.PROCESSING_ERROR, repr(exc)[:500]))
                 continue
             out.recommendations.extend(r.recommendations)
         return out
 
-    async def _dead_letter(self, msg: RawMessage, reason: str, detail: str) -> Awaitable[object]:
-        self.metrics.dead_letters.labels(reason).inc()
+    async def _dead_letter(self, msg: RawMessage, reason: Reason, detail: str) -> Awaitable[object]:
+        self.metrics.dead_letters.labels(reason.value).inc()
         letter = DeadLetter(
-            reason=reason,
+            reason=reason.value,
             detail=detail,
             source_topic=msg.topic,
             partition=msg.partition,

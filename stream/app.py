@@ -49,13 +49,15 @@ def create_app(settings: Settings, model: ServingModel, metrics: WorkerMetrics) 
     handler_box: dict[str, BatchHandler] = {}
 
     async def publish(topic: str, key: bytes | None, value: bytes) -> Any:
-        return await app.producer.send(topic, key, value, partition=None, timestamp=None,
-                                       headers=None)
+        return await app.producer.send(
+            topic, key, value, partition=None, timestamp=None, headers=None
+        )
 
     async def handler() -> BatchHandler:
         if "h" not in handler_box:
-            client = aioredis.from_url(settings.redis_url, socket_timeout=5,
-                                       socket_connect_timeout=5)
+            client = aioredis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+            )
             store = UserStateStore(
                 client,
                 namespace=settings.namespace,
@@ -92,8 +94,11 @@ def create_app(settings: Settings, model: ServingModel, metrics: WorkerMetrics) 
     async def announce() -> None:
         log.info(
             "serving model %s (%s) on %s; topics %s -> %s",
-            model.version, model.scorer.provider, settings.kafka_bootstrap_servers,
-            events.get_topic_name(), recs_topic,
+            model.version,
+            model.scorer.provider,
+            settings.kafka_bootstrap_servers,
+            events.get_topic_name(),
+            recs_topic,
         )
 
     return app

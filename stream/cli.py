@@ -68,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model and write a versioned bundle")
     tr.add_argument("--data", help="DIGINETICA views file (default: the sample)")
     tr.add_argument("--out", help="bundle root (default: STREAMREC_MODEL_DIR)")
-    tr.add_argument("--test-days", type=float, default=14.0,
-                    help="hold out sessions starting in the last N days (default 14)")
+    tr.add_argument(
+        "--test-days",
+        type=float,
+        default=14.0,
+        help="hold out sessions starting in the last N days (default 14)",
+    )
     tr.add_argument("--epochs", type=int, default=None)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--no-promote", action="store_true", help="do not make it the current one")
@@ -77,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the whole pipeline on sample data and print a report")
     d.add_argument("--rate", type=float, default=300.0, help="replay rate, events/s")
-    d.add_argument("--test-days", type=float, default=14.0,
-                   help="replay the sessions of the last N days (trained on the rest)")
+    d.add_argument(
+        "--test-days",
+        type=float,
+        default=14.0,
+        help="replay the sessions of the last N days (trained on the rest)",
+    )
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,9 @@ from topics.datasets import load_diginetica_views, split_by_time
 from topics.events import EventType, UserEvent
 from topics.names import all_topics
 
-SHARED_SAMPLE = ROOT.parent / "shared" / "datasets" / "diginetica" / "sample_train-item-views.csv.gz"
+SHARED_SAMPLE = (
+    ROOT.parent / "shared" / "datasets" / "diginetica" / "sample_train-item-views.csv.gz"
+)
 PACKAGED_SAMPLE = Path(__file__).parent / "data" / "diginetica-sample-views.csv.gz"
 BAD_EVENTS: list[bytes] = [
     b'{"event_type": "view", "user_id": "u1"',  # truncated JSON
@@ -94,7 +97,7 @@ def next_event_targets(events: list[UserEvent]) -> dict[str, str]:
         by_session.setdefault(e.session_id, []).append(e)
     out: dict[str, str] = {}
     for evs in by_session.values():
-        for cur, nxt in zip(evs, evs[1:], strict=False):
+        for cur, nxt in pairwise(evs):
             if nxt.item_id is not None:
                 out[cur.event_id] = nxt.item_id
     return out
@@ -118,7 +121,9 @@ def popularity_lists(train: list[UserEvent], test: list[UserEvent], k: int) -> d
     return out
 
 
-def _score(lists: dict[str, list[str]], targets: dict[str, str], k: int) -> tuple[float, float, int]:
+def _score(
+    lists: dict[str, list[str]], targets: dict[str, str], k: int
+) -> tuple[float, float, int]:
     keys = [key for key in targets if key in lists]
     ranked = [lists[key] for key in keys]
     truth = [targets[key] for key in keys]
@@ -143,8 +148,14 @@ async def _replay(
     names = all_topics(prefix)
     events_topic, recs_topic, dead_topic = (t.name for t in names)
     # Readiness probe: the first answer proves the worker joined its group and is serving.
-    probe = UserEvent("probe-0", EventType.VIEW, "probe-user", "probe-session",
-                      int(time.time() * 1000), item_id="probe-item")
+    probe = UserEvent(
+        "probe-0",
+        EventType.VIEW,
+        "probe-user",
+        "probe-session",
+        int(time.time() * 1000),
+        item_id="probe-item",
+    )
     await produce(bootstrap, events_topic, [(b"probe-user", probe.to_bytes())])
     got = await collect(bootstrap, recs_topic, dead_topic, expect=1, timeout_s=120)
     if "probe-0" not in got.recommendations:
@@ -155,17 +166,26 @@ async def _replay(
     for j, raw in enumerate(bad):
         messages.insert((j + 1) * step, (b"bad", raw))
     expect = len(messages) + 1
-    with tqdm(total=len(messages), desc="replay", unit="ev") as sent_bar, tqdm(
-        total=expect, desc="answers", unit="rec"
-    ) as recv_bar:
+    with (
+        tqdm(total=len(messages), desc="replay", unit="ev") as sent_bar,
+        tqdm(total=expect, desc="answers", unit="rec") as recv_bar,
+    ):
         ready = asyncio.Event()
         collector = asyncio.create_task(
-            collect(bootstrap, recs_topic, dead_topic, expect=expect, timeout_s=60,
-                    progress=recv_bar.update, ready=ready)
+            collect(
+                bootstrap,
+                recs_topic,
+                dead_topic,
+                expect=expect,
+                timeout_s=60,
+                progress=recv_bar.update,
+                ready=ready,
+            )
         )
         await ready.wait()
-        start = await produce(bootstrap, events_topic, messages, rate=rate,
-                              progress=sent_bar.update)
+        start = await produce(
+            bootstrap, events_topic, messages, rate=rate, progress=sent_bar.update
+        )
         collected = await collector
     collected.recommendations.pop("probe-0", None)
     return collected, start
@@ -183,7 +203,7 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
     try:
         bootstrap, redis_url = resolve_services(services)
         data = dataset_path()
-        events, load = load_diginetica_views(data)
+        events, _ = load_diginetica_views(data)
         train, test = split_by_time(events, test_days)
         bundle = ensure_model(settings, train, data)
         asyncio.run(create_topics(bootstrap, all_topics(prefix)))
@@ -202,8 +222,11 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log_file:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"], env=env, cwd=ROOT,
-                stdout=log_file, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "stream.cli", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
             collected, start = asyncio.run(_replay(bootstrap, prefix, test, rate, BAD_EVENTS))
         recs = collected.recommendations
@@ -217,13 +240,24 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
         for d in collected.dead_letters:
             dead[d.reason] = dead.get(d.reason, 0) + 1
         report = DemoReport(
-            events_sent=len(test), bad_sent=len(BAD_EVENTS), recommendations=len(recs),
-            duplicates=collected.duplicates, dead_letters=dead, hr20=hr, mrr20=mrr,
-            pop_hr20=pop_hr, pop_mrr20=pop_mrr, targets=n,
-            p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)),
+            events_sent=len(test),
+            bad_sent=len(BAD_EVENTS),
+            recommendations=len(recs),
+            duplicates=collected.duplicates,
+            dead_letters=dead,
+            hr20=hr,
+            mrr20=mrr,
+            pop_hr20=pop_hr,
+            pop_mrr20=pop_mrr,
+            targets=n,
+            p50_ms=float(np.percentile(lat, 50)),
+            p99_ms=float(np.percentile(lat, 99)),
             events_per_s=(len(test) + len(BAD_EVENTS)) / elapsed,
-            model_version=bundle.name, train_events=len(train), test_events=len(test),
-            data=data, startup_s=services.startup_s,
+            model_version=bundle.name,
+            train_events=len(train),
+            test_events=len(test),
+            data=data,
+            startup_s=services.startup_s,
         )
         print(report.render(), flush=True)
         lost = len(test) - len(recs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -27,10 +28,8 @@ async def create_topics(bootstrap: str, specs: tuple[TopicSpec, ...]) -> list[st
             if s.name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
         # Metadata propagates asynchronously; wait until every topic is listed.
         for _ in range(50):
             if {s.name for s in specs} <= set(await admin.list_topics()):

@@ -49,12 +49,16 @@ class WorkerMetrics:
             registry=r,
         )
         self.batch_errors = Counter(
-            "streamrec_batch_errors", "Micro-batches that failed and were retried", ["stage"],
+            "streamrec_batch_errors",
+            "Micro-batches that failed and were retried",
+            ["stage"],
             registry=r,
         )
         self.model_info = Gauge(
-            "streamrec_model_info", "The model version being served (value 1)",
-            ["version", "provider"], registry=r,
+            "streamrec_model_info",
+            "The model version being served (value 1)",
+            ["version", "provider"],
+            registry=r,
         )
 
     def serve(self, port: int) -> None:

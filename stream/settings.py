@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".cache" / "streamrec"
@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     auto_offset_reset: str = Field("earliest", pattern=r"^(earliest|latest)$")
 
+    @field_validator("model_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
 
 class ConfigError(SystemExit):
     """Start-up stops here: the message names each invalid setting."""
@@ -55,8 +60,10 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
-            env = name.upper() if name.upper() in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"} else (
-                f"STREAMREC_{name.upper()}"
+            env = (
+                name.upper()
+                if name.upper() in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
+                else (f"STREAMREC_{name.upper()}")
             )
             problems.append(f"{env}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from exc

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import promote
-from models.export import train_bundle
-from models.training import SessionRanker, TrainConfig, build_sessions, predict_top_k
 from models.evaluation import hit_rate_at_k, mrr_at_k
+from models.export import train_bundle
+from models.ranker import SessionRanker
+from models.training import TrainConfig, build_sessions, predict_top_k
 from topics.datasets import load_diginetica_views, split_by_time
 from topics.events import UserEvent
 
@@ -21,9 +22,7 @@ def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
-def held_out_pairs(
-    test: list[UserEvent], item_ids: list[str]
-) -> tuple[list[list[int]], list[int]]:
+def held_out_pairs(test: list[UserEvent], item_ids: list[str]) -> tuple[list[list[int]], list[int]]:
     """Prefix -> next pairs of the held-out sessions, over items the model knows."""
     data = build_sessions(
         [e.session_id for e in test if e.item_id is not None],
@@ -84,8 +83,13 @@ def train_and_promote(
         }
 
     path = train_bundle(
-        data.item_ids, data.sessions, data.popularity, model_root,
-        cfg=cfg, metadata=metadata, evaluate=evaluate,
+        data.item_ids,
+        data.sessions,
+        data.popularity,
+        model_root,
+        cfg=cfg,
+        metadata=metadata,
+        evaluate=evaluate,
     )
     if make_current:
         promote(model_root, path.name)
@@ -108,5 +112,6 @@ def train_from_file(
     if report.bad_rows:
         print(f"{report.bad_rows} of {report.rows} rows could not be read ({report.first_error})")
     train, test = split_by_time(events, test_days)
-    return train_and_promote(train, out, source=str(source), test=test, epochs=epochs, seed=seed,
-                             make_current=promote)
+    return train_and_promote(
+        train, out, source=str(source), test=test, epochs=epochs, seed=seed, make_current=promote
+    )

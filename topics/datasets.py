@@ -29,7 +29,7 @@ class LoadReport:
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115
+    return open(path, encoding="utf-8", newline="")
 
 
 def _day_ms(day: str) -> int:
@@ -83,7 +83,9 @@ def load_diginetica_views(path: Path) -> tuple[list[UserEvent], LoadReport]:
     return events, report
 
 
-def split_by_time(events: list[UserEvent], test_days: float) -> tuple[list[UserEvent], list[UserEvent]]:
+def split_by_time(
+    events: list[UserEvent], test_days: float
+) -> tuple[list[UserEvent], list[UserEvent]]:
     """Split time-ordered events at ``last timestamp - test_days``, keeping sessions whole: a
     session belongs to the side its first event falls on, so no test session leaks into
     training and no training event comes after the cut of its own session."""

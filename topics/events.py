@@ -27,7 +27,9 @@ class EventType(StrEnum):
     PURCHASE = "purchase"
 
 
-ITEM_EVENTS = frozenset({EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE})
+ITEM_EVENTS = frozenset(
+    {EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE}
+)
 
 
 class Reason(StrEnum):
@@ -42,6 +44,7 @@ class Reason(StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     INVALID_VALUE = "invalid_value"
     TOO_MANY_ITEMS = "too_many_items"
+    PROCESSING_ERROR = "processing_error"  # valid, but the pipeline failed on it (a bug)
 
 
 class InvalidEvent(ValueError):
@@ -118,7 +121,9 @@ def _require_id(obj: dict[str, Any], name: str, limits: Limits) -> str:
         raise InvalidEvent(Reason.MISSING_FIELD, f"'{name}' is required")
     value = obj[name]
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidEvent(Reason.WRONG_TYPE, f"'{name}' must be a string, got {type(value).__name__}")
+        raise InvalidEvent(
+            Reason.WRONG_TYPE, f"'{name}' must be a string, got {type(value).__name__}"
+        )
     text = str(value)
     if not text or len(text) > limits.max_id_chars:
         raise InvalidEvent(
@@ -151,7 +156,9 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(Reason.MALFORMED_JSON, str(exc)[:200]) from exc
     if not isinstance(obj, dict):
-        raise InvalidEvent(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        raise InvalidEvent(
+            Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
 
     version = obj.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION or isinstance(version, bool):
@@ -180,9 +187,7 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
         raise InvalidEvent(Reason.INVALID_VALUE, f"timestamp_ms {ts!r} out of range")
 
     item_id: str | None = None
-    if event_type in ITEM_EVENTS:
-        item_id = _require_id(obj, "item_id", limits)
-    elif obj.get("item_id") is not None:
+    if event_type in ITEM_EVENTS or obj.get("item_id") is not None:
         item_id = _require_id(obj, "item_id", limits)
 
     query = obj.get("query")

@@ -46,8 +46,12 @@ class Recommendation:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Recommendation:
+        """Parse a record; fields added by later schema versions are ignored."""
         obj = orjson.loads(raw)
-        return cls(**obj)
+        return cls(**{name: obj[name] for name in _FIELDS if name in obj})
+
+
+_FIELDS = tuple(Recommendation.__dataclass_fields__)
 
 
 def encode_recommendations(recs: list[Recommendation]) -> list[bytes]:

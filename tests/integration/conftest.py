@@ -54,8 +54,9 @@ def diginetica() -> tuple[list[UserEvent], list[UserEvent]]:
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory,
-              diginetica: tuple[list[UserEvent], list[UserEvent]]) -> Path:
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, diginetica: tuple[list[UserEvent], list[UserEvent]]
+) -> Path:
     """A real bundle trained on the sample's training period (few epochs: fast, not tuned)."""
     from stream.train_job import train_and_promote
 

@@ -9,8 +9,13 @@ from tests.integration.harness import Services, WorkerProcess
 from topics.events import EventType, UserEvent
 
 VALID = {
-    "schema_version": 1, "event_id": "v", "event_type": "view", "user_id": "u",
-    "session_id": "s", "timestamp_ms": 1_464_000_000_000, "item_id": "81766",
+    "schema_version": 1,
+    "event_id": "v",
+    "event_type": "view",
+    "user_id": "u",
+    "session_id": "s",
+    "timestamp_ms": 1_464_000_000_000,
+    "item_id": "81766",
 }
 
 
@@ -37,12 +42,14 @@ async def test_each_bad_input_is_dead_lettered_and_worker_goes_on(
 ) -> None:
     topic, recs_topic, dead_topic = worker.topics
     messages = [(f"bad-{r}".encode(), raw) for r, raw in BAD.items()]
-    after = UserEvent("after-bad", EventType.VIEW, "u-after", "s-after", 1_464_000_000_000,
-                      item_id="81766")
+    after = UserEvent(
+        "after-bad", EventType.VIEW, "u-after", "s-after", 1_464_000_000_000, item_id="81766"
+    )
     messages.append((b"u-after", after.to_bytes()))
     await produce(services.bootstrap, topic, messages)
-    got = await collect(services.bootstrap, recs_topic, dead_topic, expect=len(messages),
-                        timeout_s=90)
+    got = await collect(
+        services.bootstrap, recs_topic, dead_topic, expect=len(messages), timeout_s=90
+    )
 
     assert worker.alive(), worker.log_tail()
     by_reason = {d.reason: d for d in got.dead_letters}
@@ -58,6 +65,7 @@ async def test_each_bad_input_is_dead_lettered_and_worker_goes_on(
     # Still serving after all of that.
     later = UserEvent("later", EventType.VIEW, "u-later", "s", 1_464_000_000_000, item_id="81766")
     await produce(services.bootstrap, topic, [(b"u-later", later.to_bytes())])
-    got = await collect(services.bootstrap, recs_topic, dead_topic, expect=len(messages) + 1,
-                        timeout_s=60)
+    got = await collect(
+        services.bootstrap, recs_topic, dead_topic, expect=len(messages) + 1, timeout_s=60
+    )
     assert "later" in got.recommendations

@@ -16,8 +16,9 @@ from topics.events import EventType, UserEvent
 
 async def test_lua_update_matches_numpy_rule(services: Services) -> None:
     client = aioredis.from_url(services.redis_url)
-    store = UserStateStore(client, namespace="lua-parity", ttl_ms=60_000, half_life_ms=3.6e6,
-                           max_recent=4, space_id=11)
+    store = UserStateStore(
+        client, namespace="lua-parity", ttl_ms=60_000, half_life_ms=3.6e6, max_recent=4, space_id=11
+    )
     await store.delete("u")
     await store.load_script()
     rng = np.random.default_rng(7)
@@ -26,13 +27,25 @@ async def test_lua_update_matches_numpy_rule(services: Services) -> None:
     for i in range(9):
         known = i % 3 != 2
         emb = rng.normal(size=16).astype(np.float32) if known else None
-        update = StateUpdate("u", 1_000_000.0 * i, id_hash("s1" if i < 5 else "s2"),
-                             id_hash(f"item{i}"), 1.0 + i % 2, emb.tobytes() if known else b"")
+        update = StateUpdate(
+            "u",
+            1_000_000.0 * i,
+            id_hash("s1" if i < 5 else "s2"),
+            id_hash(f"item{i}"),
+            1.0 + i % 2,
+            emb.tobytes() if known else b"",
+        )
         updates.append(update)
         expected = apply_event(
-            expected, now_ms=update.now_ms, session_hash=update.session_hash,
-            item_hash=update.item_hash, weight=update.weight, embedding=emb,
-            half_life_ms=3.6e6, max_recent=4, space_id=11,
+            expected,
+            now_ms=update.now_ms,
+            session_hash=update.session_hash,
+            item_hash=update.item_hash,
+            weight=update.weight,
+            embedding=emb,
+            half_life_ms=3.6e6,
+            max_recent=4,
+            space_id=11,
         )
     blobs = await store.apply_batch(updates)  # one pipeline, applied in order
     got = decode_state(blobs[-1])
@@ -50,8 +63,9 @@ async def test_worker_keeps_state_in_redis_with_ttl(
     topic, recs_topic, dead_topic = worker.topics
     items = ["81766", "31331", "32118"]
     events = [
-        UserEvent(f"st-{i}", EventType.VIEW, "state-user", "state-s", 1_464_000_000_000 + i,
-                  item_id=item)
+        UserEvent(
+            f"st-{i}", EventType.VIEW, "state-user", "state-s", 1_464_000_000_000 + i, item_id=item
+        )
         for i, item in enumerate(items)
     ]
     await produce(services.bootstrap, topic, [(b"state-user", e.to_bytes()) for e in events])

@@ -18,8 +18,16 @@ def _extra_events(base_ts: int) -> list[UserEvent]:
         UserEvent("x-unknown", EventType.VIEW, "xu", "xs", base_ts, item_id="never-seen-item"),
         UserEvent("x-search", EventType.SEARCH, "xu", "xs", base_ts + 1, query="shoes"),
         UserEvent("x-cart", EventType.ADD_TO_CART, "xu", "xs", base_ts + 2, item_id="81766"),
-        UserEvent("x-buy", EventType.PURCHASE, "xu", "xs", base_ts + 3, item_id="81766",
-                  quantity=1, price=9.5),
+        UserEvent(
+            "x-buy",
+            EventType.PURCHASE,
+            "xu",
+            "xs",
+            base_ts + 3,
+            item_id="81766",
+            quantity=1,
+            price=9.5,
+        ),
         UserEvent("x-cold", EventType.VIEW, "brand-new-user", "new-s", base_ts, item_id="nope"),
     ]
 
@@ -31,8 +39,9 @@ async def test_n_events_in_n_recommendations_out(
     events = test[:300] + _extra_events(test[0].timestamp_ms)
     topic, recs_topic, dead_topic = worker.topics
     await produce(services.bootstrap, topic, [(e.user_id.encode(), e.to_bytes()) for e in events])
-    got = await collect(services.bootstrap, recs_topic, dead_topic, expect=len(events),
-                        timeout_s=90)
+    got = await collect(
+        services.bootstrap, recs_topic, dead_topic, expect=len(events), timeout_s=90
+    )
     assert worker.alive(), worker.log_tail()
     assert set(got.recommendations) == {e.event_id for e in events}, worker.log_tail()
     assert got.duplicates == 0 and got.dead_letters == []
@@ -64,7 +73,16 @@ async def test_recommendation_record_matches_published_schema(
     rec = got.recommendations["schema-1"]
     payload = orjson.loads(orjson.dumps(rec.to_dict()))
     assert set(payload) == {
-        "schema_version", "user_id", "session_id", "event_id", "kind", "items", "scores",
-        "model_version", "produced_at_ms", "trigger_timestamp_ms", "latency_ms",
+        "schema_version",
+        "user_id",
+        "session_id",
+        "event_id",
+        "kind",
+        "items",
+        "scores",
+        "model_version",
+        "produced_at_ms",
+        "trigger_timestamp_ms",
+        "latency_ms",
     }
     assert payload["trigger_timestamp_ms"] == event.timestamp_ms

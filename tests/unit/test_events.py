@@ -41,7 +41,9 @@ def test_integer_ids_become_strings() -> None:
 
 
 def test_search_needs_query_and_keeps_shown_items() -> None:
-    event = parse_event(raw(event_type="search", item_id=..., query="red shoes", shown_items=[1, "2"]))
+    event = parse_event(
+        raw(event_type="search", item_id=..., query="red shoes", shown_items=[1, "2"])
+    )
     assert event.query == "red shoes" and event.shown_items == ["1", "2"]
     with pytest.raises(InvalidEvent) as exc:
         parse_event(raw(event_type="search", item_id=...))
@@ -85,8 +87,10 @@ def test_bad_input_gets_its_reason(payload: bytes | None, reason: Reason) -> Non
 
 def test_nan_timestamp_is_rejected() -> None:
     with pytest.raises(InvalidEvent) as exc:
-        parse_event(b'{"schema_version":1,"event_id":"e","event_type":"view","user_id":"u",'
-                    b'"session_id":"s","timestamp_ms":1e400,"item_id":"1"}')
+        parse_event(
+            b'{"schema_version":1,"event_id":"e","event_type":"view","user_id":"u",'
+            b'"session_id":"s","timestamp_ms":1e400,"item_id":"1"}'
+        )
     assert exc.value.reason in (Reason.INVALID_VALUE, Reason.MALFORMED_JSON)
 
 

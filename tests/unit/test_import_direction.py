@@ -7,8 +7,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["topics", "features", "models", "stream"]
-TRAINING_ONLY = {"models/ranker.py", "models/training.py", "models/export.py",
-                 "stream/train_job.py"}
+TRAINING_ONLY = {
+    "models/ranker.py",
+    "models/training.py",
+    "models/export.py",
+    "stream/train_job.py",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,6 +48,7 @@ def test_loading_the_worker_does_not_load_torch() -> None:
     import sys
 
     code = "import sys, stream.worker, stream.cli; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"

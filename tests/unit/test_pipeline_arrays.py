@@ -28,17 +28,26 @@ def fake_model(max_recent: int = 4) -> SimpleNamespace:
 
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return SimpleNamespace(
-        max_recent=max_recent, dim=3, space_id=5, indices_of=indices_of, embeddings=emb,
+        max_recent=max_recent,
+        dim=3,
+        space_id=5,
+        indices_of=indices_of,
+        embeddings=emb,
         normalised_embeddings=np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0),
-        popular=np.array([3, 1, 2, 4, 5], np.int64), retriever=Retriever.build(emb),
+        popular=np.array([3, 1, 2, 4, 5], np.int64),
+        retriever=Retriever.build(emb),
         event_weights={"view": 1.0, "purchase": 3.0},
     )
 
 
 def test_build_arrays_orders_chronologically_and_marks_session_items() -> None:
     model = fake_model()
-    state = UserState(np.array([1, 2, 3], np.float32),
-                      [id_hash("c"), id_hash("zzz"), id_hash("a")], n_session=2, space_id=5)
+    state = UserState(
+        np.array([1, 2, 3], np.float32),
+        [id_hash("c"), id_hash("zzz"), id_hash("a")],
+        n_session=2,
+        space_id=5,
+    )
     arrays = build_arrays([state, UserState()], model)  # type: ignore[arg-type]
     assert arrays.recent.tolist() == [[0, 1, 0, 3], [0, 0, 0, 0]]  # left-padded, newest last
     assert arrays.last.tolist() == [3, 0]
@@ -56,7 +65,7 @@ def test_cold_rows_get_popular_and_warm_rows_get_neighbours() -> None:
     model = fake_model()
     warm = UserState(np.zeros(0, np.float32), [id_hash("a")], 1, space_id=5)
     arrays = build_arrays([warm, UserState()], model)  # type: ignore[arg-type]
-    q, has_query = retrieval_queries(arrays, model)  # type: ignore[arg-type]
+    _, has_query = retrieval_queries(arrays, model)  # type: ignore[arg-type]
     assert has_query.tolist() == [True, False]
     cands = candidates_for(arrays, model, 3)  # type: ignore[arg-type]
     assert cands[0, :2].tolist() == [1, 2]  # "a" itself, then its nearest neighbour "b"

@@ -18,18 +18,34 @@ from features.user_state import (
 )
 
 
-def _apply(state: UserState, item: str | None, session: str = "s1", *, emb: np.ndarray | None = None,
-           now: float = 0.0, weight: float = 1.0, space: int = 1, max_recent: int = 3) -> UserState:
+def _apply(
+    state: UserState,
+    item: str | None,
+    session: str = "s1",
+    *,
+    emb: np.ndarray | None = None,
+    now: float = 0.0,
+    weight: float = 1.0,
+    space: int = 1,
+    max_recent: int = 3,
+) -> UserState:
     return apply_event(
-        state, now_ms=now, session_hash=id_hash(session),
-        item_hash=id_hash(item) if item else None, weight=weight, embedding=emb,
-        half_life_ms=1000.0, max_recent=max_recent, space_id=space,
+        state,
+        now_ms=now,
+        session_hash=id_hash(session),
+        item_hash=id_hash(item) if item else None,
+        weight=weight,
+        embedding=emb,
+        half_life_ms=1000.0,
+        max_recent=max_recent,
+        space_id=space,
     )
 
 
 def test_layout_round_trip_and_size() -> None:
-    state = UserState(np.arange(4, dtype=np.float32), [id_hash("a"), id_hash("b")], 1,
-                      id_hash("s"), 12.5, 3, 9)
+    state = UserState(
+        np.arange(4, dtype=np.float32), [id_hash("a"), id_hash("b")], 1, id_hash("s"), 12.5, 3, 9
+    )
     blob = encode_state(state)
     assert len(blob) == HEADER_SIZE + 4 * 4 + 8 * 2
     back = decode_state(blob)

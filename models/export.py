@@ -1,0 +1,147 @@
+"""From a trained ranker to a serving bundle: ONNX export, parity check, FAISS index, bundle.
+
+Training-only (imports torch). The exported graph is checked against the torch model on a
+seeded random batch before a bundle is written: a bundle whose ONNX graph disagrees with the
+model it was trained as would serve silently wrong scores.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models.bundle import ModelError, write_bundle
+from models.ranker import SessionRanker
+from models.retrieval import Retriever
+from models.scoring import INPUT_NAMES, OUTPUT_NAME
+from models.training import TrainConfig, train_ranker
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+def export_onnx(model: SessionRanker, path: Path, *, max_recent: int, dim: int) -> Path:
+    """Export ``model`` to ``path`` with inputs ``recent[B, max_recent]`` int64,
+    ``user_vec[B, dim]`` float32, ``candidates[B, C]`` int64 and output ``scores[B, C]``;
+    B and C are dynamic, R and D fixed (the Scorer reads them from the graph)."""
+    if (model.max_recent, model.dim) != (max_recent, dim):
+        raise ModelError(
+            f"model has R={model.max_recent}, D={model.dim}; asked for R={max_recent}, D={dim}"
+        )
+    model = model.eval()
+    example = (
+        torch.zeros(2, max_recent, dtype=torch.int64),
+        torch.zeros(2, dim, dtype=torch.float32),
+        torch.ones(2, 3, dtype=torch.int64),
+    )
+    dynamic_axes = {
+        "recent": {0: "batch"},
+        "user_vec": {0: "batch"},
+        "candidates": {0: "batch", 1: "candidates"},
+        OUTPUT_NAME: {0: "batch", 1: "candidates"},
+    }
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated, and it warns that a GRU exported with B != 1
+        # may fix the batch size; that applies only to an explicit h0, which this model has not.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+        )
+    return Path(path)
+
+
+def check_parity(
+    model: SessionRanker, onnx_path: Path, seed: int = 0, *, batch: int = 16, n_candidates: int = 50
+) -> float:
+    """Max absolute difference between torch and ONNX Runtime scores on a seeded random batch
+    (recent rows with varying amounts of left padding, random user vectors and candidates)."""
+    rng = np.random.default_rng(seed)
+    n, r, d = model.n_items, model.max_recent, model.dim
+    recent = rng.integers(1, n + 1, size=(batch, r), dtype=np.int64)
+    pad = rng.integers(0, r + 1, size=batch)
+    recent[np.arange(r)[None, :] < pad[:, None]] = 0
+    user_vec = rng.normal(size=(batch, d)).astype(np.float32)
+    user_vec[0] = 0.0
+    candidates = rng.integers(0, n + 1, size=(batch, n_candidates), dtype=np.int64)
+    with torch.no_grad():
+        expected = model.eval()(
+            torch.from_numpy(recent), torch.from_numpy(user_vec), torch.from_numpy(candidates)
+        ).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feeds = {"recent": recent, "user_vec": user_vec, "candidates": candidates}
+    (actual,) = session.run([OUTPUT_NAME], feeds)
+    return float(np.max(np.abs(expected - actual)))
+
+
+def train_bundle(
+    item_ids: list[str],
+    sessions: Sequence[Sequence[int]],
+    popularity: np.ndarray,
+    out_root: Path,
+    *,
+    cfg: TrainConfig,
+    version: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    evaluate: Callable[[SessionRanker], dict[str, float]] | None = None,
+) -> Path:
+    """Train, export, verify parity, index and write a bundle under ``out_root``; return its
+    path. ``metadata`` should describe the training data (source, date range); the bundle
+    also records the train config, item/session/pair counts, training time, parity and
+    ``metrics`` (e.g. offline HR@20 measured by the caller); ``evaluate``, if given, is called
+    with the trained model and its result is added to the metrics."""
+    started = time.perf_counter()
+    model = train_ranker(sessions, len(item_ids), cfg)
+    train_seconds = time.perf_counter() - started
+    metrics = {**(metrics or {}), **(evaluate(model) if evaluate else {})}
+    embeddings = model.item_embeddings().numpy().astype(np.float32)
+    meta: dict[str, Any] = dict(metadata or {})
+    meta.update(
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        train_config=asdict(cfg),
+        n_train_items=len(item_ids),
+        n_train_sessions=len(sessions),
+        n_train_pairs=sum(max(len(s) - 1, 0) for s in sessions),
+        train_seconds=round(train_seconds, 2),
+        half_life_ms=cfg.half_life_ms,
+        event_weights=dict(cfg.event_weights),
+        metrics=dict(metrics or {}),
+        torch_version=torch.__version__,
+        onnx_opset=OPSET,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(
+            model, Path(tmp) / "model.onnx", max_recent=cfg.max_recent, dim=cfg.dim
+        )
+        parity = check_parity(model, onnx_path, seed=cfg.seed)
+        if parity > PARITY_TOLERANCE:
+            raise ModelError(f"ONNX export disagrees with torch: max abs diff {parity:.3g}")
+        meta["onnx_parity_max_abs_diff"] = parity
+        return write_bundle(
+            Path(out_root),
+            onnx_path=onnx_path,
+            item_ids=list(item_ids),
+            embeddings=embeddings,
+            popularity=popularity,
+            max_recent=cfg.max_recent,
+            metadata=meta,
+            version=version,
+            retriever=Retriever.build(embeddings),
+        )
