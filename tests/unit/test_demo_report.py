@@ -1,0 +1,42 @@
+"""The demo's accuracy bookkeeping: next-event targets, what is recommendable, POP, scoring."""
+
+from __future__ import annotations
+
+from stream.demo import _score, next_event_targets, popularity_lists, split_targets
+from topics.events import EventType, UserEvent
+
+
+def ev(eid: str, session: str, item: str, ts: int) -> UserEvent:
+    return UserEvent(eid, EventType.VIEW, f"u{session}", session, ts, item_id=item)
+
+
+TRAIN = [ev("t1", "a", "x", 1), ev("t2", "a", "y", 2), ev("t3", "b", "x", 3)]
+TEST = [
+    ev("1", "s", "x", 10),
+    ev("2", "s", "y", 11),
+    ev("3", "s", "x", 12),
+    ev("4", "s", "new", 13),
+]
+
+
+def test_next_event_targets_stay_within_the_session() -> None:
+    events = [*TEST, ev("5", "other", "y", 14)]
+    assert next_event_targets(events) == {"1": "y", "2": "x", "3": "new"}
+
+
+def test_split_targets_separates_repeats_and_unseen_items() -> None:
+    eligible, repeats, unseen = split_targets(TRAIN, TEST, next_event_targets(TEST))
+    assert eligible == {"1": "y"}
+    assert (repeats, unseen) == (1, 1)
+
+
+def test_popularity_lists_exclude_session_items() -> None:
+    lists = popularity_lists(TRAIN, TEST, 2)
+    assert lists["1"] == ["y"]  # x is most popular but already seen
+    assert lists["4"] == []
+
+
+def test_score_handles_string_ids() -> None:
+    lists = {"1": ["sku-b", "sku-a"], "2": ["sku-c"]}
+    hr, mrr, n = _score(lists, {"1": "sku-a", "2": "sku-z", "9": "sku-a"}, 20)
+    assert (hr, mrr, n) == (0.5, 0.25, 2)
