@@ -38,8 +38,8 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Sends an ApiVersions request (key 18, v0) and checks for a reply: the broker answers
-# metadata-class requests, not merely accepts TCP connections.
+# Sends a Metadata request (API key 3, v4: all topics) and checks that the reply names at
+# least one broker: the broker serves metadata, not merely accepts TCP connections.
 answers() {
   python3 - "$port" <<'PY'
 import socket, struct, sys
@@ -47,7 +47,8 @@ port = int(sys.argv[1])
 try:
     s = socket.create_connection(("127.0.0.1", port), timeout=2)
     client = b"probe"
-    body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
+    body = struct.pack(">hhih", 3, 4, 7, len(client)) + client
+    body += struct.pack(">i?", -1, False)  # topics = null (all), allow_auto_topic_creation
     s.sendall(struct.pack(">i", len(body)) + body)
     size = struct.unpack(">i", s.recv(4))[0]
     data = b""
@@ -56,8 +57,8 @@ try:
         if not chunk:
             break
         data += chunk
-    corr, err = struct.unpack(">ih", data[:6])
-    sys.exit(0 if corr == 1 and err == 0 else 1)
+    corr, _throttle, brokers = struct.unpack(">iii", data[:12])
+    sys.exit(0 if corr == 7 and brokers >= 1 else 1)
 except Exception:
     sys.exit(1)
 PY
