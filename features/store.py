@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -101,6 +102,13 @@ class StateUpdate:
     item_hash: bytes | None
     weight: float
     embedding: bytes  # float32[D] little-endian, or b"" when the item is unknown
+
+
+class StateStore(Protocol):
+    """What the pipeline needs from a state store: apply a batch of updates in order and
+    return each event's state after its update (Redis here, in-process for offline runs)."""
+
+    async def apply_batch(self, updates: list[StateUpdate]) -> list[bytes]: ...
 
 
 class UserStateStore:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.keys import hashes_to_u64, id_hash
-from features.store import StateUpdate, UserStateStore
+from features.store import StateStore, StateUpdate
 from features.user_state import UserState, decode_state
 from models.serving import ServingModel
 from models.topk import top_k_excluding
@@ -143,7 +143,7 @@ def state_updates(events: list[UserEvent], model: ServingModel) -> tuple[list[St
 
 async def recommend_batch(
     triggers: list[Trigger],
-    store: UserStateStore,
+    store: StateStore,
     model: ServingModel,
     *,
     k: int,

@@ -1,0 +1,87 @@
+"""recommend_batch end to end without services: in-process state store, FAISS, a dot-product
+scorer standing in for ONNX (the ONNX scorer has its own parity tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.keys import id_hash
+from features.memory_store import InMemoryStateStore
+from features.store import StateUpdate
+from features.user_state import UserState, apply_event, decode_state, encode_state
+from stream.pipeline import Trigger, recommend_batch
+from tests.unit.test_pipeline_arrays import ITEMS, fake_model
+from topics.events import EventType, UserEvent
+
+
+class DotScorer:
+    """score = candidate embedding · (user vector + newest item embedding); one call per batch."""
+
+    def __init__(self, emb: np.ndarray) -> None:
+        self.emb = emb
+        self.calls = 0
+
+    def score(self, recent: np.ndarray, user_vec: np.ndarray, cands: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        query = user_vec + self.emb[recent[:, -1]]
+        return np.einsum("bcd,bd->bc", self.emb[cands], query).astype(np.float32)
+
+
+def model_and_store() -> tuple[object, InMemoryStateStore]:
+    model = fake_model(max_recent=4)
+    model.scorer = DotScorer(model.embeddings)
+    model.item_ids = ITEMS
+    model.version = "test-v1"
+    store = InMemoryStateStore(namespace="t", half_life_ms=1e9, max_recent=4, space_id=5)
+    return model, store
+
+
+async def test_one_recommendation_per_trigger_without_seen_items() -> None:
+    model, store = model_and_store()
+    events = [
+        UserEvent("1", EventType.VIEW, "u1", "s1", 1, item_id="a"),
+        UserEvent("2", EventType.VIEW, "u2", "s9", 1, item_id="d"),
+        UserEvent("3", EventType.VIEW, "u1", "s1", 2, item_id="b"),
+        UserEvent("4", EventType.VIEW, "cold", "s0", 3, item_id="not-in-catalogue"),
+    ]
+    result = await recommend_batch(
+        [Trigger(e, 0.0) for e in events],
+        store,
+        model,
+        k=3,
+        n_candidates=5,  # type: ignore[arg-type]
+        clock=lambda: 1.0,
+    )
+    recs = result.recommendations
+    assert [r.event_id for r in recs] == ["1", "2", "3", "4"]
+    assert model.scorer.calls == 1  # one scoring call for the whole batch
+    assert "a" not in recs[0].items and recs[0].items[0] == "b"  # nearest to "a", not "a"
+    assert not {"a", "b"} & set(recs[2].items)  # both seen in session s1 by then
+    assert recs[3].items and result.unknown_items == 1  # unknown item: still answered
+    assert all(r.model_version == "test-v1" and r.latency_ms == 1000.0 for r in recs)
+    assert set(result.stage_ms) == {"state", "retrieval", "scoring", "rank"}
+
+
+async def test_memory_store_applies_the_reference_rule() -> None:
+    store = InMemoryStateStore(namespace="t", half_life_ms=1000, max_recent=2, space_id=3)
+    emb = np.array([1.0, 2.0], np.float32)
+    updates = [
+        StateUpdate("u", 0.0, id_hash("s"), id_hash("x"), 1.0, emb.tobytes()),
+        StateUpdate("u", 1000.0, id_hash("s"), id_hash("y"), 2.0, b""),
+    ]
+    blobs = await store.apply_batch(updates)
+    expected = UserState()
+    for u, e in zip(updates, [emb, None], strict=True):
+        expected = apply_event(
+            expected,
+            now_ms=u.now_ms,
+            session_hash=u.session_hash,
+            item_hash=u.item_hash,
+            weight=u.weight,
+            embedding=e,
+            half_life_ms=1000,
+            max_recent=2,
+            space_id=3,
+        )
+    assert blobs[-1] == encode_state(expected)
+    assert decode_state(await store.get("u")).recent == [id_hash("y"), id_hash("x")]
