@@ -53,6 +53,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rate=args.rate, test_days=args.test_days, settings=load_settings())
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from stream.import_job import run_import
+
+    return run_import(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the sessions of the last N days (trained on the rest)",
     )
     d.set_defaults(func=_cmd_demo)
+
+    from stream.import_job import add_import_arguments
+
+    im = sub.add_parser("import", help="import event files or a dataset as canonical events")
+    add_import_arguments(im)
+    im.set_defaults(func=_cmd_import)
     return p
 
 

@@ -1,73 +1,221 @@
-"""Loaders that turn public dataset files into canonical ``UserEvent`` lists.
+"""Shared pieces for turning data files into canonical ``UserEvent`` lists.
 
-Only the DIGINETICA session-view format is here so far (the demo's data). Events come back in
-event-time order; anonymous sessions (``user_id`` NA) use ``anon-<session_id>`` as the user.
+``LoadReport`` accounts for every input row, and there are helpers for compressed files,
+timestamps and sessions. It also holds the DIGINETICA views loader used by the demo and by
+training, and ``split_by_time``. The generic column-mapped importer is ``topics.importer``, and
+the ready-made loaders for the other public datasets are in ``topics.loaders``. Events come back
+in event-time order.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
+from typing import IO, Any
 
 from topics.events import EventType, UserEvent
+
+ID_MAX_CHARS = 256  # parse_event's limits: events beyond them would not re-import
+MAX_TS_MS = 32_503_680_000_000  # year 3000, as in parse_event
+MAX_EXAMPLES = 3
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)
 class LoadReport:
-    """What a loader read: rows turned into events and rows it could not parse (with why)."""
+    """Accounting for one load: ``rows == events + bad_rows + skipped_rows``.
 
+    ``bad`` counts rows that could not be parsed and ``skipped`` counts rows that parsed but are
+    left out on purpose (a loader's documented choice, e.g. cancelled orders), both by reason.
+    ``examples`` keeps the first few of each reason, with file and line, so they can be found.
+    """
+
+    source: str = ""
     rows: int = 0
     events: int = 0
-    bad_rows: int = 0
-    first_error: str = ""
+    bad: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bad_rows(self) -> int:
+        return sum(self.bad.values())
+
+    @property
+    def skipped_rows(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def first_error(self) -> str:
+        """The first example of the first bad reason ('' when every row was read)."""
+        for reason in self.bad:
+            return f"{reason}: {self.examples[reason][0]}"
+        return ""
+
+    def add_bad(self, reason: str, where: str, detail: str = "") -> None:
+        self.bad[reason] += 1
+        self._example(reason, where, detail)
+
+    def add_skipped(self, reason: str, where: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        self._example(reason, where, detail)
+
+    def _example(self, reason: str, where: str, detail: str) -> None:
+        kept = self.examples.setdefault(reason, [])
+        if len(kept) < MAX_EXAMPLES:
+            kept.append(f"{where}: {detail}" if detail else where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "rows": self.rows, "events": self.events,
+            "bad": dict(self.bad), "skipped": dict(self.skipped),
+            "examples": self.examples, "notes": self.notes,
+        }  # fmt: skip
+
+    def summary(self) -> str:
+        """Human-readable report: totals, then one line per reason with its first examples."""
+        lines = [
+            f"source: {self.source}",
+            f"rows {self.rows:,}  events {self.events:,}  bad {self.bad_rows:,}  "
+            f"skipped {self.skipped_rows:,}",
+        ]
+        for title, counts in (("bad rows", self.bad), ("skipped rows", self.skipped)):
+            if counts:
+                lines.append(f"{title} by reason:")
+                for reason, n in counts.most_common():
+                    examples = "; ".join(self.examples[reason])
+                    lines.append(f"  {reason:26s} {n:>9,}  e.g. {examples}")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def open_binary(path: Path) -> IO[bytes]:
+    """Open for reading, decompressing gzip by its magic bytes (not its name)."""
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
 
 
-def _day_ms(day: str) -> int:
+def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOWrapper:
+    """Text reader as the csv module wants it (``newline=''``); a UTF-8 BOM is dropped."""
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
+    return io.TextIOWrapper(open_binary(path), encoding=enc, newline="")
+
+
+class TimeUnit(StrEnum):
+    AUTO = "auto"
+    S = "s"
+    MS = "ms"
+    ISO = "iso"
+
+
+def parse_time_ms(text: str, unit: TimeUnit, tz: tzinfo = UTC) -> int:
+    """Event time in ms since the epoch; naive ISO-8601 times are read in ``tz``.
+
+    Raises ``ValueError`` for text that is no time in ``unit``, or one outside 1970..3000 (what
+    ``parse_event`` accepts), so the caller can count the row as bad."""
+    if unit is TimeUnit.ISO:
+        dt = datetime.fromisoformat(text.strip())
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=tz)
+        ms = (dt - _EPOCH) // timedelta(milliseconds=1)
+    elif unit is TimeUnit.S or unit is TimeUnit.MS:
+        try:
+            value: float = int(text)
+        except ValueError:
+            value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite number")
+        ms = round(value * 1000) if unit is TimeUnit.S else round(value)
+    else:
+        raise ValueError("resolve TimeUnit.AUTO with detect_time_unit first")
+    if not 0 <= ms <= MAX_TS_MS:
+        raise ValueError(f"{text!r} read as {unit.value} is outside 1970..3000")
+    return ms
+
+
+def detect_time_unit(samples: Iterable[str]) -> TimeUnit:
+    """Guess a column's unit from sample values: mostly numbers means seconds, or milliseconds
+    when the median is >= 1e11 (year 5138 in s, 1973 in ms: the ranges cannot be confused);
+    mostly non-numbers means ISO-8601. A majority vote, so a few bad cells cannot flip it."""
+    numbers: list[float] = []
+    others = 0
+    for text in samples:
+        try:
+            numbers.append(float(text))
+        except ValueError:
+            others += 1
+    if others > len(numbers):
+        return TimeUnit.ISO
+    if not numbers:
+        return TimeUnit.S
+    numbers.sort()
+    return TimeUnit.MS if numbers[len(numbers) // 2] >= 1e11 else TimeUnit.S
+
+
+def assign_sessions(events: Sequence[UserEvent], gap_min: float) -> None:
+    """Set ``session_id`` per user by inactivity: more than ``gap_min`` minutes since the user's
+    previous event starts a new session ``<user>-s<n>`` (n from 1). ``events`` must be in time
+    order; the numbering depends only on the data, so a re-import gives the same ids."""
+    gap_ms = gap_min * 60_000
+    last: dict[str, tuple[int, int]] = {}
+    for e in events:
+        prev = last.get(e.user_id)
+        n = 1 if prev is None else prev[1] + int(e.timestamp_ms - prev[0] > gap_ms)
+        last[e.user_id] = (e.timestamp_ms, n)
+        session = f"{e.user_id}-s{n}"
+        if len(session) > ID_MAX_CHARS:  # still a valid id for parse_event
+            session = "s-" + hashlib.sha1(session.encode()).hexdigest()
+        e.session_id = session
+
+
+@lru_cache(maxsize=4096)
+def day_ms(day: str) -> int:
+    """Midnight UTC of a ``YYYY-MM-DD`` day, in ms."""
     return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def load_diginetica_views(path: Path) -> tuple[list[UserEvent], LoadReport]:
-    """Read DIGINETICA item views (``session_id;user_id;item_id;timeframe;eventdate``; the full
-    release spells the header ``sessionId;userId;itemId;timeframe;eventdate``).
-
-    ``timeframe`` is milliseconds since the session started, so the event time is the
-    session's day (midnight UTC) plus ``timeframe``.
-    """
-    report = LoadReport()
+def read_diginetica_views(path: Path, report: LoadReport) -> tuple[list[UserEvent], dict[str, int]]:
+    """Views plus each session's start (midnight UTC of its first ``eventdate``), which
+    ``topics.loaders`` needs to put purchases on the same clock as the views."""
     events: list[UserEvent] = []
-    with _open_text(path) as fh:
+    start: dict[str, int] = {}
+    with open_text(path) as fh:
         reader = csv.reader(fh, delimiter=";")
-        header = [h.strip().lower().replace("_", "") for h in next(reader)]
-        try:
-            col = {name: header.index(name) for name in ("sessionid", "userid", "itemid")}
-            col["timeframe"] = header.index("timeframe")
-            col["eventdate"] = header.index("eventdate")
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a DIGINETICA views file (header {header})") from exc
+        header = [h.strip().lower().replace("_", "") for h in next(reader, [])]
+        names = ("sessionid", "userid", "itemid", "timeframe", "eventdate")
+        if not set(names) <= set(header):
+            raise ValueError(f"{path}: not a DIGINETICA views file (header {header})")
+        col = [header.index(n) for n in names]
         for line_no, row in enumerate(reader, start=2):
             report.rows += 1
-            try:
-                session = row[col["sessionid"]].strip()
-                user = row[col["userid"]].strip()
-                item = row[col["itemid"]].strip()
-                ts = _day_ms(row[col["eventdate"]].strip()) + int(row[col["timeframe"]])
-                if not session or not item:
-                    raise ValueError("empty session or item id")
-            except (ValueError, IndexError) as exc:
-                report.bad_rows += 1
-                if not report.first_error:
-                    report.first_error = f"line {line_no}: {exc}"
+            where = f"{path.name} line {line_no}"
+            if len(row) != len(header):
+                report.add_bad("wrong_column_count", where, f"{len(row)} != {len(header)}")
                 continue
+            session, user, item, frame, day = (row[i].strip() for i in col)
+            if not session or not item:
+                report.add_bad("missing_item" if session else "missing_session", where)
+                continue
+            try:
+                base = day_ms(day)
+                ts = base + int(frame)
+            except ValueError:
+                report.add_bad("bad_timestamp", where, f"eventdate {day!r} timeframe {frame!r}")
+                continue
+            start[session] = min(start.get(session, base), base)
             events.append(
                 UserEvent(
                     event_id=f"dg-{session}-{line_no}",
@@ -78,6 +226,19 @@ def load_diginetica_views(path: Path) -> tuple[list[UserEvent], LoadReport]:
                     item_id=item,
                 )
             )
+    return events, start
+
+
+def load_diginetica_views(path: Path) -> tuple[list[UserEvent], LoadReport]:
+    """Read DIGINETICA item views (``session_id;user_id;item_id;timeframe;eventdate``; the full
+    release spells the header ``sessionId;userId;itemId;timeframe;eventdate``).
+
+    ``timeframe`` is milliseconds since the session started, so the event time is the
+    session's day (midnight UTC) plus ``timeframe``. Anonymous sessions (``user_id`` NA) get
+    the user ``anon-<session_id>``.
+    """
+    report = LoadReport(source=str(path))
+    events, _ = read_diginetica_views(path, report)
     events.sort(key=lambda e: (e.timestamp_ms, e.session_id))
     report.events = len(events)
     return events, report

@@ -1,0 +1,129 @@
+"""``streamrec import``: files or a ready-made dataset -> canonical JSONL and/or a Kafka topic.
+
+The parsing lives in ``topics.importer`` / ``topics.loaders``, so tests and training code can
+use it without Kafka. This module only maps flags to an ``ImportSpec``, prints the
+``LoadReport`` (every row that did not become an event is counted there by reason) and writes
+the output. Kafka messages are keyed by ``user_id``, like every producer of ``user-events``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from stream.settings import load_settings
+from topics.datasets import LoadReport, TimeUnit
+from topics.events import EventType, UserEvent
+from topics.importer import ImportSpec, ImportSpecError, import_files, parse_type_map, write_jsonl
+from topics.loaders import DATASETS, datasets_root, load_dataset
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``import`` flags (documented in docs/evaluation.md, "Importing data")."""
+    src = p.add_argument_group("input")
+    src.add_argument("paths", nargs="*", type=Path, help="CSV/TSV/JSONL files (.gz allowed)")
+    src.add_argument("--dataset", choices=sorted(DATASETS), help="a ready-made loader instead")
+    src.add_argument("--datasets-root", help="default: $STREAMREC_DATASETS or ../shared/datasets")
+    src.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl"])
+    src.add_argument("--delimiter", help="CSV field separator (default: sniffed from the header)")
+    src.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8)")
+    cols = p.add_argument_group("columns (no column flag: the input is canonical JSONL)")
+    cols.add_argument("--user-col", help="user id column")
+    cols.add_argument("--session-col", help="session id column (default: derived by gap)")
+    cols.add_argument("--item-col", help="item id column")
+    cols.add_argument("--time-col", help="event time column")
+    cols.add_argument(
+        "--time-unit", default="auto", choices=[u.value for u in TimeUnit], help="default auto"
+    )
+    cols.add_argument("--timezone", default="UTC", help="zone of ISO times without an offset")
+    cols.add_argument("--type-col", help="event type column")
+    cols.add_argument("--type-map", default="", help="e.g. purchase=buy,view=pv|detail")
+    cols.add_argument(
+        "--default-type",
+        default=EventType.VIEW.value,
+        choices=[t.value for t in EventType],
+        help="event type when there is no --type-col (default view)",
+    )
+    cols.add_argument("--query-col", help="search query column")
+    cols.add_argument("--quantity-col", help="quantity column (whole numbers)")
+    cols.add_argument("--price-col", help="unit price column")
+    cols.add_argument("--session-gap-min", type=float, default=30.0, help="default 30")
+    cols.add_argument("--id-prefix", help="event ids are PREFIX-LINE (default: the file stem)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="write canonical JSONL here (.gz compresses)")
+    out.add_argument("--topic", help="produce the events to this Kafka topic, keyed by user_id")
+    out.add_argument("--rate", type=float, default=0.0, help="events/s to Kafka (0 = max)")
+    out.add_argument("--strict", action="store_true", help="any bad row: write nothing, exit 1")
+
+
+def spec_from_args(args: argparse.Namespace) -> ImportSpec:
+    """The ``ImportSpec`` the flags describe (``--delimiter '\\t'`` or ``tab`` means a tab)."""
+    delimiter = args.delimiter
+    if delimiter in ("\\t", "tab"):
+        delimiter = "\t"
+    return ImportSpec(
+        item_col=args.item_col,
+        user_col=args.user_col,
+        session_col=args.session_col,
+        time_col=args.time_col,
+        time_unit=TimeUnit(args.time_unit),
+        timezone=args.timezone,
+        type_col=args.type_col,
+        type_map=parse_type_map(args.type_map),
+        default_type=EventType(args.default_type),
+        query_col=args.query_col,
+        quantity_col=args.quantity_col,
+        price_col=args.price_col,
+        fmt=args.format,
+        delimiter=delimiter,
+        encoding=args.encoding,
+        session_gap_min=args.session_gap_min,
+        id_prefix=args.id_prefix,
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[list[UserEvent], LoadReport]:
+    """Events and report for either ``--dataset`` or the given files."""
+    if args.dataset:
+        if args.paths:
+            raise ImportSpecError("give either files or --dataset, not both")
+        return load_dataset(args.dataset, datasets_root(args.datasets_root))
+    if not args.paths:
+        raise ImportSpecError("give files to import, or --dataset NAME")
+    for path in args.paths:
+        if not path.is_file():
+            raise ImportSpecError(f"{path}: no such file")
+    return import_files(args.paths, spec_from_args(args))
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Run one import: 0 on success, 2 for a usage or file problem, 1 with ``--strict`` when a
+    row was bad (then nothing is written, so a partial import never reaches Kafka)."""
+    started = time.perf_counter()
+    try:
+        events, report = load_from_args(args)
+    except UnicodeDecodeError as exc:
+        print(f"streamrec import: error: {exc} (set --encoding, e.g. latin-1)", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, KeyError) as exc:  # ImportSpecError, missing or broken files
+        print(f"streamrec import: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"read in {time.perf_counter() - started:.2f} s")
+    if args.strict and report.bad_rows:
+        print(f"--strict: {report.bad_rows:,} bad rows, nothing written", file=sys.stderr)
+        return 1
+    if args.out:
+        n = write_jsonl(events, args.out)
+        print(f"wrote {n:,} events to {args.out}")
+    if args.topic:
+        from stream.replay import produce  # aiokafka only when producing
+
+        bootstrap = load_settings().kafka_bootstrap_servers
+        messages = [(e.user_id.encode(), e.to_bytes()) for e in events]
+        asyncio.run(produce(bootstrap, args.topic, messages, rate=args.rate))
+        print(f"produced {len(messages):,} events to {args.topic} at {bootstrap}")
+    return 0
