@@ -39,8 +39,9 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(VENV)/bin/mypy stream models features topics
 
-bench: install  ## benchmarks (bench/)
-	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b || exit 1; done || echo "no benchmarks yet"
+bench: install  ## benchmarks (bench/, ~2-3 min; Kafka on 29092, Redis on 26379): see docs/benchmarks.md
+	$(PY) bench/batching.py
+	$(PY) bench/throughput.py
 
 clean-services:  ## stop local Kafka and Redis started by the scripts
 	-deploy/local/kafka.sh stop

@@ -43,7 +43,7 @@ if blob and #blob >= 32 and string.byte(blob, 1) == 1 then
   ver, n, n_session, flags, dim, reserved, updated, old_session, events, old_space =
     struct.unpack(HDR, blob)
   if #blob ~= 32 + 4 * dim + 8 * n then n, dim, n_session, events, old_space = 0, 0, 0, 0, 0 end
-  for i = 1, dim do vec[i] = struct.unpack('<f', blob, 33 + 4 * (i - 1)) end
+  if dim > 0 then vec = {struct.unpack('<' .. string.rep('f', dim), blob, 33)} end
   local start = 33 + 4 * dim
   for i = 1, n do recent[i] = string.sub(blob, start + 8 * (i - 1), start + 8 * i - 1) end
 end
@@ -62,9 +62,8 @@ if edim > 0 then
     if dt < 0 then dt = 0 end
     decay = math.pow(0.5, dt / half_life)
   end
-  for i = 1, dim do
-    vec[i] = decay * vec[i] + weight * struct.unpack('<f', emb, 1 + 4 * (i - 1))
-  end
+  local e = {struct.unpack('<' .. string.rep('f', dim), emb)}
+  for i = 1, dim do vec[i] = decay * vec[i] + weight * e[i] end
   if now > updated then updated = now end
   old_space = space
 end
@@ -78,7 +77,9 @@ end
 
 local parts = {struct.pack(HDR, 1, #recent, n_session, 0, dim, 0, updated, session,
                            events + 1, old_space)}
-for i = 1, dim do parts[#parts + 1] = struct.pack('<f', vec[i]) end
+if dim > 0 then
+  parts[#parts + 1] = struct.pack('<' .. string.rep('f', dim), unpack(vec, 1, dim))
+end
 for i = 1, #recent do parts[#parts + 1] = recent[i] end
 local out = table.concat(parts)
 redis.call('SET', KEYS[1], out, 'PX', ttl)
@@ -175,6 +176,8 @@ class UserStateStore:
 
     async def get(self, user_id: str) -> bytes | None:
         value = await self.client.get(user_key(self.namespace, user_id))
+        if isinstance(value, str):  # a client created with decode_responses=True
+            raise StateStoreError("the Redis client must not decode responses")
         return bytes(value) if value is not None else None
 
     async def ttl_ms_of(self, user_id: str) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.bundle import Bundle
 from models.retrieval import Retriever
-from models.scoring import Scorer
+from models.scoring import Device, Scorer
 
 DEFAULT_HALF_LIFE_MS = 7 * 24 * 3600 * 1000.0
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
@@ -53,7 +53,7 @@ class ServingModel:
         return self.bundle.indices_of(hashes)
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", threads: int = 1) -> ServingModel:
+    def load(cls, path: Path, *, device: Device = "auto", threads: int = 1) -> ServingModel:
         """Load (checksums verified), build the retriever and the ONNX session, warm up."""
         bundle = Bundle.load(path)
         retriever = Retriever.load(bundle.index_path, threads=threads)

@@ -85,9 +85,12 @@ def create_app(settings: Settings, model: ServingModel, metrics: WorkerMetrics) 
         return handler_box["h"]
 
     @app.agent(events, name="recommend")
-    async def recommend(stream: faust.Stream) -> None:
+    async def recommend(stream: faust.StreamT) -> None:
         h = await handler()
-        async for batch in stream.take_events(settings.batch_max, settings.batch_wait_ms / 1000):
+        # take_events (not take) keeps each message's topic/partition/offset for dead letters;
+        # it exists on faust.Stream but not on the StreamT protocol.
+        take = stream.take_events  # type: ignore[attr-defined]
+        async for batch in take(settings.batch_max, settings.batch_wait_ms / 1000):
             await h.handle([RawMessage.from_event(e) for e in batch])
 
     @app.task

@@ -172,7 +172,7 @@ async def recommend_batch(
     t3 = time.perf_counter()
     stage["scoring"] = (t3 - t2) * 1000
 
-    ranked_items, ranked_scores = top_k_excluding(scores, cands, arrays.seen, k)
+    ranked_items, ranked_scores = top_k_excluding(np.round(scores, 5), cands, arrays.seen, k)
     now_ms = clock() * 1000
     recs: list[Recommendation] = []
     item_ids = model.item_ids
@@ -185,7 +185,7 @@ async def recommend_batch(
                 event_id=e.event_id,
                 kind="search" if e.event_type is EventType.SEARCH else "recommend",
                 items=[item_ids[i - 1] for i in idx_row],
-                scores=[round(float(s), 5) for s in score_row],
+                scores=score_row,
                 model_version=model.version,
                 produced_at_ms=int(now_ms),
                 trigger_timestamp_ms=e.timestamp_ms,

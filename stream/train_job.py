@@ -58,7 +58,7 @@ def train_and_promote(
         [e.item_id for e in item_events],  # type: ignore[misc]
         [e.timestamp_ms for e in item_events],
     )
-    cfg = TrainConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
+    cfg = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
     metadata: dict[str, Any] = {
         "training_data": {
             "source": source,

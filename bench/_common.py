@@ -1,0 +1,232 @@
+"""Shared helpers of the benchmarks (not a benchmark itself; ``make bench`` does not run it).
+
+- ``fit_diginetica`` / ``synthesise``: synthetic user events fitted to the DIGINETICA sample
+  (item popularity, session lengths, within-session re-view rate and gaps between views).
+- ``ensure_bundle``: the model bundle the benchmarks serve (trained once if absent).
+- ``machine``, ``cpu_seconds``, ``machine_busy_seconds``, ``percentiles``: what every report
+  prints.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere, even without the install
+    sys.path.insert(0, str(ROOT))
+
+from topics.datasets import load_diginetica_views  # noqa: E402
+from topics.events import EventType, UserEvent  # noqa: E402
+
+SAMPLE = ROOT / "stream" / "data" / "diginetica-sample-views.csv.gz"
+DEFAULT_MODEL_DIR = Path(
+    os.environ.get("STREAMREC_BENCH_MODEL_DIR", str(Path.home() / ".cache/streamrec/bench-models"))
+)
+DATA_NOTE = (
+    "synthetic, fitted to DIGINETICA (item popularity, session lengths, re-view rate and "
+    "gaps between views of stream/data/diginetica-sample-views.csv.gz)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DigineticaFit:
+    """Empirical distributions of the sample that the synthetic stream draws from."""
+
+    item_ids: list[str]
+    item_p: np.ndarray  # view share of each item (popularity)
+    session_lengths: np.ndarray  # views per session, one entry per sample session
+    gaps_ms: np.ndarray  # ms between consecutive views of one session
+    p_review: float  # share of views that re-view an item seen earlier in the session
+    p99_session_ms: float  # 99th percentile of first-to-last view time of a session
+
+
+def fit_diginetica(path: Path = SAMPLE) -> DigineticaFit:
+    events, _ = load_diginetica_views(path)
+    popularity = Counter(e.item_id for e in events if e.item_id is not None)
+    item_ids = sorted(popularity)
+    counts = np.array([popularity[i] for i in item_ids], dtype=np.float64)
+    sessions: dict[str, list[UserEvent]] = defaultdict(list)
+    for e in events:
+        sessions[e.session_id].append(e)
+    lengths, gaps, durations, reviews = [], [], [], 0
+    for evs in sessions.values():
+        lengths.append(len(evs))
+        durations.append(evs[-1].timestamp_ms - evs[0].timestamp_ms)
+        seen: set[str | None] = set()
+        for i, e in enumerate(evs):
+            if e.item_id in seen:
+                reviews += 1
+            seen.add(e.item_id)
+            if i:
+                gaps.append(e.timestamp_ms - evs[i - 1].timestamp_ms)
+    return DigineticaFit(
+        item_ids=item_ids,
+        item_p=counts / counts.sum(),
+        session_lengths=np.array(lengths, dtype=np.int64),
+        gaps_ms=np.array(gaps, dtype=np.int64),
+        p_review=reviews / len(events),
+        p99_session_ms=float(np.percentile(durations, 99)),
+    )
+
+
+def synthesise(
+    fit: DigineticaFit, n: int, *, seed: int, tag: str, site_rate: float = 100.0
+) -> list[UserEvent]:
+    """``n`` view events of a steady-state stream, in event-time order.
+
+    Sessions (one user each, as in the sample) start as a Poisson process chosen so that the
+    site sees ``site_rate`` views/s; each session's length is drawn from the sample's session
+    lengths, its items from the sample's item popularity (re-viewing an item of the same
+    session with the sample's re-view rate) and the gaps between its views from the sample's
+    gaps. The ``n`` events are the first ones after a warm-up as long as the 99th percentile
+    session, so sessions already in progress are interleaved as in real traffic.
+    """
+    rng = np.random.default_rng(seed)
+    mean_len = float(fit.session_lengths.mean())
+    warmup_ms = float(np.percentile(fit.gaps_ms, 99)) * float(
+        np.percentile(fit.session_lengths, 99)
+    )
+    span_ms = warmup_ms + 1.5 * n / site_rate * 1000
+    n_sessions = int(span_ms / 1000 * site_rate / mean_len) + 1
+    starts = rng.uniform(0.0, span_ms, n_sessions)
+    lengths = rng.choice(fit.session_lengths, n_sessions)
+    total = int(lengths.sum())
+    session_of = np.repeat(np.arange(n_sessions), lengths)
+    first = np.zeros(total, dtype=bool)
+    first[np.cumsum(lengths) - lengths] = True
+    gaps = np.where(first, 0, rng.choice(fit.gaps_ms, total)).astype(np.float64)
+    offsets = np.cumsum(gaps)
+    offsets -= np.repeat(offsets[first], lengths)  # restart the running sum per session
+    times = starts[session_of] + offsets
+    items = rng.choice(len(fit.item_ids), total, p=fit.item_p)
+    review = rng.random(total) < fit.p_review
+    # A re-view repeats one of the session's earlier items (the previous one if it is the
+    # second view); the first view of a session cannot be a re-view.
+    pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    for i in np.flatnonzero(review & (pos > 0)):
+        items[i] = items[i - 1 - rng.integers(0, pos[i])]
+    order = np.argsort(times, kind="stable")
+    order = order[times[order] >= warmup_ms][:n]
+    if order.size < n:
+        raise RuntimeError(f"synthesised only {order.size} of {n} events")
+    base_ms = 1_700_000_000_000 - int(span_ms)
+    out: list[UserEvent] = []
+    for j, i in enumerate(order.tolist()):
+        s = int(session_of[i])
+        out.append(
+            UserEvent(
+                event_id=f"{tag}-{j}",
+                event_type=EventType.VIEW,
+                user_id=f"{tag}-u{s}",
+                session_id=f"{tag}-s{s}",
+                timestamp_ms=base_ms + int(times[i]),
+                item_id=fit.item_ids[int(items[i])],
+            )
+        )
+    return out
+
+
+def ensure_bundle(model_dir: Path) -> Path:
+    """The current bundle under ``model_dir``; trains one on the sample (~15 s) if absent."""
+    from models.bundle import latest_bundle
+
+    path = latest_bundle(model_dir)
+    if path is not None:
+        return path
+    from stream.train_job import train_from_file
+
+    print(f"no model bundle in {model_dir}: training one on the DIGINETICA sample ...", flush=True)
+    return train_from_file(SAMPLE, model_dir, test_days=14.0, epochs=None, seed=0)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def machine() -> str:
+    """'<cpu model>, N cores, X GiB RAM, no GPU used' (Linux /proc; lscpu when present)."""
+    model = platform.processor() or "unknown cpu"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    ram = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, CPU only (no GPU used)"
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of ``pid`` so far (0 when unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used so far (/proc/stat, all cores)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def background_note(other_cpu_s: float, wall_s: float) -> str:
+    """One line on CPU used by processes the benchmark did not start; a warning when it is
+    more than 10% of one core, since the numbers then measure a shared machine."""
+    share = other_cpu_s / max(wall_s, 1e-9)
+    line = f"other processes used {other_cpu_s:.1f} CPU s ({100 * share:.0f}% of one core)"
+    if share > 0.10:
+        line += " -- WARNING: the machine was not quiet; numbers are pessimistic"
+    return line
+
+
+def pid_from_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 99)) -> list[float]:
+    arr = np.fromiter(values, dtype=np.float64)
+    if arr.size == 0:
+        return [float("nan")] * len(qs)
+    return [float(x) for x in np.percentile(arr, qs)]
