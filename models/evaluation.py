@@ -77,3 +77,16 @@ def coverage(ranked: Sequence[Sequence[int]], n_items: int, k: int) -> float:
         raise ValueError(f"k must be >= 1, got {k}")
     shown = {i for items in ranked for i in top_distinct(items, k) if i > 0}
     return len(shown) / n_items
+
+
+def popularity_bias(ranked: Sequence[Sequence[int]], popularity: np.ndarray, k: int) -> float:
+    """Average recommendation popularity (ARP): the mean training popularity of recommended
+    items, as a share of the most popular item's (0..1). High values mean the lists lean on
+    the head of the catalogue. ``popularity`` is indexed by item (``float[N + 1]``)."""
+    top = float(np.max(popularity)) if len(popularity) else 0.0
+    if top <= 0:
+        return 0.0
+    shown = [i for items in ranked for i in top_distinct(items, k) if 0 < i < len(popularity)]
+    if not shown:
+        return 0.0
+    return float(np.mean(popularity[np.asarray(shown)]) / top)

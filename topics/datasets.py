@@ -247,15 +247,30 @@ def load_diginetica_views(path: Path) -> tuple[list[UserEvent], LoadReport]:
 def split_by_time(
     events: list[UserEvent], test_days: float
 ) -> tuple[list[UserEvent], list[UserEvent]]:
-    """Split time-ordered events at ``last timestamp - test_days``, keeping sessions whole: a
-    session belongs to the side its first event falls on, so no test session leaks into
-    training and no training event comes after the cut of its own session."""
+    """Split time-ordered events at ``cut = last timestamp - test_days``. Test holds the
+    sessions that start at or after the cut, whole; train holds the events before the cut of
+    the sessions that started before it (their events after the cut are dropped), so every
+    training event precedes every test event: nothing of the future leaks into training."""
     if not events:
         return [], []
     cut = max(e.timestamp_ms for e in events) - int(test_days * 24 * 3600 * 1000)
     first: dict[str, int] = {}
     for e in events:
         first.setdefault(e.session_id, e.timestamp_ms)
-    train = [e for e in events if first[e.session_id] < cut]
+    train = [e for e in events if first[e.session_id] < cut and e.timestamp_ms < cut]
     test = [e for e in events if first[e.session_id] >= cut]
     return train, test
+
+
+def split_train_valid_test(
+    events: list[UserEvent], test_days: float, valid_days: float
+) -> tuple[list[UserEvent], list[UserEvent], list[UserEvent]]:
+    """The evaluation protocol's split: test = sessions starting in the last ``test_days``;
+    validation = sessions starting in the last ``valid_days`` before that (carved from the
+    training period, for choices); train = the rest. Sessions stay whole and belong to the
+    split their first event falls in, so no session straddles two splits."""
+    before_test, test = split_by_time(events, test_days)
+    if not before_test or valid_days <= 0:
+        return before_test, [], test
+    train, valid = split_by_time(before_test, valid_days)
+    return train, valid, test
