@@ -43,6 +43,7 @@ ITEM_IDS_FILE = "item_ids.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 POPULARITY_FILE = "popularity.npy"
 METADATA_FILE = "metadata.json"
+COVISIT_FILE = "covisit.npz"  # optional: bundles written before it serve without co-visitation
 MANIFEST_FILE = "MANIFEST.json"
 CURRENT_FILE = "CURRENT"
 FILES = (MODEL_FILE, INDEX_FILE, ITEM_IDS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE, METADATA_FILE)
@@ -89,6 +90,7 @@ def write_bundle(
     metadata: dict[str, Any] | None = None,
     version: str | None = None,
     retriever: Retriever | None = None,
+    covisit: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write ``<root>/<version>/`` atomically and return its path.
 
@@ -135,9 +137,13 @@ def write_bundle(
         np.save(tmp / EMBEDDINGS_FILE, embeddings, allow_pickle=False)
         np.save(tmp / POPULARITY_FILE, popularity, allow_pickle=False)
         (tmp / METADATA_FILE).write_bytes(orjson.dumps(meta, option=_JSON_OPTS))
+        names = list(FILES)
+        if covisit is not None:
+            np.savez(tmp / COVISIT_FILE, neighbours=covisit[0], weights=covisit[1])
+            names.append(COVISIT_FILE)
         files = {
             name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-            for name in FILES
+            for name in names
         }
         manifest = {"format_version": FORMAT_VERSION, "version": version, "files": files}
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
@@ -161,6 +167,7 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     for name in FILES:
         if name not in files:
             raise BundleIntegrityError(f"{path}: manifest does not list {name}")
+    for name in files:  # every listed file, optional ones included
         if not (path / name).is_file():
             raise BundleIntegrityError(f"{path}: missing {name}")
         actual = sha256_file(path / name)
@@ -184,6 +191,9 @@ class Bundle:
     popularity: np.ndarray
     _sorted_hashes: np.ndarray
     _sorted_indices: np.ndarray
+    # Co-visitation (models/covisit.py): int64 / float32 [N + 1, M]; M = 0 when absent.
+    covisit_neighbours: np.ndarray
+    covisit_weights: np.ndarray
 
     @classmethod
     def load(cls, path: Path | str) -> Bundle:
@@ -208,6 +218,13 @@ class Bundle:
         sorted_hashes = hashes[order]
         if n > 1 and np.any(sorted_hashes[1:] == sorted_hashes[:-1]):
             raise ModelError(f"{path}: duplicate item ids (or a 64-bit hash collision)")
+        neighbours = np.zeros((n + 1, 0), dtype=np.int64)
+        weights = np.zeros((n + 1, 0), dtype=np.float32)
+        if (path / COVISIT_FILE).is_file():
+            with np.load(path / COVISIT_FILE, allow_pickle=False) as covisit:
+                neighbours, weights = covisit["neighbours"], covisit["weights"]
+            if neighbours.shape != weights.shape or neighbours.shape[0] != n + 1:
+                raise ModelError(f"{path}: co-visitation shape {neighbours.shape}, N={n}")
         return cls(
             version=str(metadata["version"]),
             path=path,
@@ -217,6 +234,8 @@ class Bundle:
             popularity=popularity.astype(np.float32),
             _sorted_hashes=sorted_hashes,
             _sorted_indices=(order + 1).astype(np.int64),
+            covisit_neighbours=neighbours.astype(np.int64),
+            covisit_weights=weights.astype(np.float32),
         )
 
     @property
@@ -253,6 +272,41 @@ class Bundle:
         pos = np.minimum(pos, self.n_items - 1)
         found = self._sorted_hashes[pos] == hashes
         return np.where(found, self._sorted_indices[pos], 0).astype(np.int64)
+
+
+def derive_bundle(source: Path, updates: dict[str, Any], *, version: str | None = None) -> Path:
+    """A new version beside ``source`` with the same files and ``updates`` merged into its
+    metadata (e.g. a serving parameter tuned after training); the embedding space is kept,
+    so user state written by the source version stays valid."""
+    source = Path(source)
+    verify_bundle(source)
+    version = version or new_version()
+    if not _VERSION_RE.match(version):
+        raise ModelError(f"invalid bundle version name {version!r}")
+    final = source.parent / version
+    tmp = source.parent / f".tmp-{version}-{secrets.token_hex(4)}"
+    shutil.copytree(source, tmp)
+    try:
+        meta = orjson.loads((tmp / METADATA_FILE).read_bytes())
+        meta.update(
+            updates,
+            version=version,
+            derived_from=source.name,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        (tmp / METADATA_FILE).write_bytes(orjson.dumps(meta, option=_JSON_OPTS))
+        manifest = orjson.loads((tmp / MANIFEST_FILE).read_bytes())
+        manifest["version"] = version
+        manifest["files"][METADATA_FILE] = {
+            "sha256": sha256_file(tmp / METADATA_FILE),
+            "bytes": (tmp / METADATA_FILE).stat().st_size,
+        }
+        (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def promote(root: Path, version: str) -> None:

@@ -21,10 +21,15 @@ import onnxruntime as ort
 import torch
 
 from models.bundle import ModelError, write_bundle
+from models.covisit import build_covisitation
 from models.ranker import SessionRanker
 from models.retrieval import Retriever
 from models.scoring import INPUT_NAMES, OUTPUT_NAME
 from models.training import TrainConfig, train_ranker
+
+# Weight of log(1 + co-visitation) added to the ranker's logit; tuned on validation data by
+# `streamrec train` / `streamrec evaluate` when they have some (stream/train_job.py).
+DEFAULT_COVISIT_BLEND = 1.0
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -121,6 +126,7 @@ def train_bundle(
         n_train_pairs=sum(max(len(s) - 1, 0) for s in sessions),
         train_seconds=round(train_seconds, 2),
         half_life_ms=cfg.half_life_ms,
+        covisit_blend=DEFAULT_COVISIT_BLEND,
         event_weights=dict(cfg.event_weights),
         metrics=dict(metrics or {}),
         torch_version=torch.__version__,
@@ -144,4 +150,5 @@ def train_bundle(
             metadata=meta,
             version=version,
             retriever=Retriever.build(embeddings),
+            covisit=build_covisitation(sessions, len(item_ids)),
         )

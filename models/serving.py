@@ -38,6 +38,10 @@ class ServingModel:
             bundle.metadata.get("event_weights") or DEFAULT_EVENT_WEIGHTS
         )
         self.half_life_ms = float(bundle.metadata.get("half_life_ms", DEFAULT_HALF_LIFE_MS))
+        self.covisit_neighbours = bundle.covisit_neighbours
+        self.covisit_weights = bundle.covisit_weights
+        # Weight of log(1 + co-visitation) added to the ranker's score; 0 turns it off.
+        self.covisit_blend = float(bundle.metadata.get("covisit_blend", 0.0))
         self.embeddings = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)
         norms = np.linalg.norm(self.embeddings, axis=1, keepdims=True)
         self.normalised_embeddings = np.divide(

@@ -53,6 +53,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rate=args.rate, test_days=args.test_days, settings=load_settings())
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from stream.eval_job import EvalConfig, run_evaluation
+    from topics.importer import ImportSpec, import_files
+    from topics.loaders import datasets_root, load_dataset
+
+    datasets = {}
+    for name in args.dataset or []:
+        datasets[name], _ = load_dataset(name, datasets_root(args.datasets_root))
+    for path in args.data or []:
+        events, report = import_files([Path(path)], ImportSpec())
+        if report.bad_rows:
+            print(f"{path}: {report.summary()}")
+        datasets[Path(path).name.split(".")[0]] = events
+    if not datasets:
+        print("give --dataset NAME and/or --data FILE (canonical JSONL, see docs/evaluation.md)")
+        return 2
+    cfg = EvalConfig(
+        test_days=args.test_days,
+        valid_days=args.valid_days,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        epochs=args.epochs,
+    )
+    summary = run_evaluation(datasets, cfg, Path(args.report))
+    print(f"report written to {args.report}/report.md ({summary['seconds']:.0f} s)")
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from stream.import_job import run_import
 
@@ -94,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the sessions of the last N days (trained on the rest)",
     )
     d.set_defaults(func=_cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="offline evaluation: every method, one protocol, report")
+    ev.add_argument("--dataset", action="append", help="a ready-made dataset (repeatable)")
+    ev.add_argument("--data", action="append", help="a canonical JSONL events file (repeatable)")
+    ev.add_argument("--datasets-root", help="folder of the ready-made datasets")
+    ev.add_argument("--report", default="reports/evaluation", help="output folder")
+    ev.add_argument("--test-days", type=float, default=14.0)
+    ev.add_argument("--valid-days", type=float, default=7.0)
+    ev.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    ev.add_argument("--epochs", type=int, default=None, help="ranker epochs (default: train's)")
+    ev.set_defaults(func=_cmd_evaluate)
 
     from stream.import_job import add_import_arguments
 

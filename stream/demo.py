@@ -26,10 +26,11 @@ from stream.kafka_admin import create_topics, delete_topics
 from stream.replay import Collected, collect, produce
 from stream.services import ROOT, LocalServices, resolve_services
 from stream.settings import Settings
-from topics.datasets import load_diginetica_views, split_by_time
+from topics.datasets import load_diginetica_views, split_train_valid_test
 from topics.events import EventType, UserEvent
 from topics.names import all_topics
 
+VALID_DAYS = 7.0  # carved from the training period to tune the co-visitation blend
 SHARED_SAMPLE = (
     ROOT.parent / "shared" / "datasets" / "diginetica" / "sample_train-item-views.csv.gz"
 )
@@ -168,7 +169,7 @@ def _score(
 
 
 def ensure_model(
-    settings: Settings, train: list[UserEvent], test: list[UserEvent], data: Path
+    settings: Settings, train: list[UserEvent], valid: list[UserEvent], data: Path
 ) -> Path:
     from models.bundle import latest_bundle
 
@@ -178,7 +179,7 @@ def ensure_model(
     from stream.train_job import train_and_promote  # torch: training extra only
 
     print(f"no model bundle in {settings.model_dir}: training one on {data.name} ...", flush=True)
-    return train_and_promote(train, settings.model_dir, source=str(data), test=test)
+    return train_and_promote(train, settings.model_dir, source=str(data), valid=valid)
 
 
 async def _replay(
@@ -243,8 +244,8 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
         bootstrap, redis_url = resolve_services(services)
         data = dataset_path()
         events, _ = load_diginetica_views(data)
-        train, test = split_by_time(events, test_days)
-        bundle = ensure_model(settings, train, test, data)
+        train, valid, test = split_train_valid_test(events, test_days, VALID_DAYS)
+        bundle = ensure_model(settings, train, valid, data)
         asyncio.run(create_topics(bootstrap, all_topics(prefix)))
         env = dict(os.environ)
         env.update(

@@ -1,7 +1,8 @@
 """One micro-batch of valid events in, one Recommendation per event out. No Kafka in here.
 
 Per batch, whatever its size: one pipelined Redis round trip (read + update every user's
-state), one FAISS search, one ONNX Runtime call, one vectorised top-K. The worker (agents.py),
+state), one FAISS search plus a vectorised co-visitation lookup for candidates, one ONNX
+Runtime call, one vectorised blend and top-K. The worker (agents.py),
 the demo and offline replays all call ``recommend_batch``.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from features.keys import hashes_to_u64, id_hash
 from features.store import StateStore, StateUpdate
 from features.user_state import UserState, decode_state
+from models.covisit import covisit_candidates, covisit_scores
 from models.serving import ServingModel
 from models.topk import top_k_excluding
 from topics.events import EventType, UserEvent
@@ -165,10 +167,18 @@ async def recommend_batch(
 
     arrays = build_arrays(states, model)
     cands = candidates_for(arrays, model, max(n_candidates, k + model.max_recent))
+    use_covisit = model.covisit_blend > 0 and model.covisit_neighbours.shape[1] > 0
+    if use_covisit:
+        cands = np.concatenate([cands, covisit_candidates(arrays.recent, model.covisit_neighbours)],
+                               axis=1)  # fmt: skip
     t2 = time.perf_counter()
     stage["retrieval"] = (t2 - t1) * 1000
 
     scores = model.scorer.score(arrays.recent, arrays.user_vec, cands)
+    if use_covisit:
+        covis = covisit_scores(arrays.recent, cands, model.covisit_neighbours,
+                               model.covisit_weights)  # fmt: skip
+        scores = scores + np.float32(model.covisit_blend) * np.log1p(covis)
     t3 = time.perf_counter()
     stage["scoring"] = (t3 - t2) * 1000
 

@@ -3,19 +3,27 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.bundle import promote
+import numpy as np
+
+from models.bundle import derive_bundle, promote
 from models.evaluation import hit_rate_at_k, mrr_at_k
 from models.export import train_bundle
 from models.ranker import SessionRanker
+from models.serving import ServingModel
 from models.training import TrainConfig, build_sessions, predict_top_k
-from topics.datasets import load_diginetica_views, split_by_time
+from topics.datasets import load_diginetica_views, split_train_valid_test
 from topics.events import UserEvent
 
 EVAL_K = 20
+VALID_DAYS = 7.0
+EXAMPLE_BUDGET = 600_000
+MIN_EPOCHS = 1
+BLEND_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def _day(ms: int) -> str:
@@ -38,18 +46,28 @@ def held_out_pairs(test: list[UserEvent], item_ids: list[str]) -> tuple[list[lis
     return prefixes, targets
 
 
+def default_epochs(pairs: int) -> int:
+    """Epochs for ``pairs`` training examples: all of TrainConfig's on small data, fewer on
+    large data so that training sees about EXAMPLE_BUDGET examples (minutes, not hours, on 2
+    cores: Online Retail has ~500k pairs)."""
+    full = TrainConfig().epochs
+    return max(MIN_EPOCHS, min(full, EXAMPLE_BUDGET // max(pairs, 1)))
+
+
 def train_and_promote(
     train: list[UserEvent],
     model_root: Path,
     *,
     source: str,
-    test: list[UserEvent] | None = None,
+    valid: list[UserEvent] | None = None,
     epochs: int | None = None,
     seed: int = 0,
     make_current: bool = True,
 ) -> Path:
-    """Train on ``train`` (item events), evaluate on ``test`` if given, write a bundle under
-    ``model_root`` and, unless told otherwise, make it the current one."""
+    """Train on ``train`` (item events), write a bundle under ``model_root`` and, unless told
+    otherwise, make it the current one. With ``valid`` (later events than ``train``), the
+    ranker's held-out metrics are recorded and the co-visitation blend is tuned on it through
+    the serving path; the bundle written then carries the tuned value."""
     item_events = [e for e in train if e.item_id is not None]
     if not item_events:
         raise ValueError("no item events to train on")
@@ -58,7 +76,9 @@ def train_and_promote(
         [e.item_id for e in item_events],  # type: ignore[misc]
         [e.timestamp_ms for e in item_events],
     )
-    cfg = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
+    if epochs is None:
+        epochs = default_epochs(sum(max(len(s) - 1, 0) for s in data.sessions))
+    cfg = TrainConfig(seed=seed, epochs=epochs)
     metadata: dict[str, Any] = {
         "training_data": {
             "source": source,
@@ -70,9 +90,9 @@ def train_and_promote(
     }
 
     def evaluate(model: SessionRanker) -> dict[str, float]:
-        if not test:
+        if not valid:
             return {}
-        prefixes, targets = held_out_pairs(test, data.item_ids)
+        prefixes, targets = held_out_pairs(valid, data.item_ids)
         if not targets:
             return {}
         ranked = predict_top_k(model, prefixes, EVAL_K)
@@ -91,9 +111,40 @@ def train_and_promote(
         metadata=metadata,
         evaluate=evaluate,
     )
+    if valid:
+        blend, scores = tune_covisit_blend(path, train, valid)
+        if scores:
+            tuned = derive_bundle(path, {"covisit_blend": blend, "covisit_tuning": scores})
+            shutil.rmtree(path)  # never promoted: the tuned copy replaces it
+            path = tuned
     if make_current:
         promote(model_root, path.name)
     return path
+
+
+def tune_covisit_blend(
+    path: Path, train: list[UserEvent], valid: list[UserEvent]
+) -> tuple[float, dict[str, float]]:
+    """The co-visitation blend with the best validation HR@20 (then MRR@20) of the served
+    ranking; returns it and every tried value's HR@20 (empty when valid has no pairs)."""
+    from stream.evaluate import build_test_pairs, score_lists, served_lists_sync
+
+    model = ServingModel.load(path)
+    known = {e.item_id for e in train if e.item_id is not None}
+    pairs = build_test_pairs(valid, known)
+    if not len(pairs):
+        return model.covisit_blend, {}
+    catalogue = sorted(known)
+    popularity = np.zeros(len(catalogue) + 1)
+    best: tuple[float, float, float] = (-1.0, -1.0, model.covisit_blend)
+    tried: dict[str, float] = {}
+    for blend in BLEND_GRID:
+        model.covisit_blend = blend
+        lists = served_lists_sync(model, train, valid, pairs, k=EVAL_K)
+        m = score_lists(lists, pairs, catalogue, popularity, (EVAL_K,))
+        tried[f"{blend:g}"] = m[f"HR@{EVAL_K}"]
+        best = max(best, (m[f"HR@{EVAL_K}"], m[f"MRR@{EVAL_K}"], blend))
+    return best[2], tried
 
 
 def train_from_file(
@@ -111,7 +162,13 @@ def train_from_file(
     events, report = load_diginetica_views(source)
     if report.bad_rows:
         print(f"{report.bad_rows} of {report.rows} rows could not be read ({report.first_error})")
-    train, test = split_by_time(events, test_days)
+    train, valid, _ = split_train_valid_test(events, test_days, VALID_DAYS)
     return train_and_promote(
-        train, out, source=str(source), test=test, epochs=epochs, seed=seed, make_current=promote
+        train,
+        out,
+        source=str(source),
+        valid=valid,
+        epochs=epochs,
+        seed=seed,
+        make_current=promote,
     )

@@ -37,6 +37,9 @@ def fake_model(max_recent: int = 4) -> SimpleNamespace:
         popular=np.array([3, 1, 2, 4, 5], np.int64),
         retriever=Retriever.build(emb),
         event_weights={"view": 1.0, "purchase": 3.0},
+        covisit_blend=0.0,
+        covisit_neighbours=np.zeros((6, 0), np.int64),
+        covisit_weights=np.zeros((6, 0), np.float32),
     )
 
 

@@ -85,3 +85,19 @@ async def test_memory_store_applies_the_reference_rule() -> None:
         )
     assert blobs[-1] == encode_state(expected)
     assert decode_state(await store.get("u")).recent == [id_hash("y"), id_hash("x")]
+
+
+async def test_covisitation_adds_candidates_and_lifts_their_scores() -> None:
+    model, store = model_and_store()
+    # "e" is far from "a" in embedding space, but followed "a" in training sessions.
+    model.covisit_neighbours = np.zeros((6, 1), np.int64)
+    model.covisit_neighbours[1, 0] = 5
+    model.covisit_weights = np.zeros((6, 1), np.float32)
+    model.covisit_weights[1, 0] = 1000.0
+    event = UserEvent("1", EventType.VIEW, "u1", "s1", 1, item_id="a")
+    without = await recommend_batch([Trigger(event, 0.0)], store, model, k=1, n_candidates=2)
+    model.covisit_blend = 2.0
+    store2 = InMemoryStateStore(namespace="t", half_life_ms=1e9, max_recent=4, space_id=5)
+    with_covis = await recommend_batch([Trigger(event, 0.0)], store2, model, k=1, n_candidates=2)
+    assert without.recommendations[0].items == ["b"]
+    assert with_covis.recommendations[0].items == ["e"]

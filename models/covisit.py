@@ -1,0 +1,87 @@
+"""Item-to-item co-visitation: a candidate source and a ranking feature, built at training
+time and shipped in the bundle.
+
+Session-based studies find that rules over item pairs (sequential and association rules) are
+hard to beat on short sessions; our own evaluation agreed (docs/quality.md). So the served
+ranking adds, to the ANN candidates, the items that followed or accompanied the session's
+newest items in training sessions, and blends their co-visitation score with the ranker's.
+
+Weights: for items ``a`` at position ``i`` and ``b`` at ``j > i`` of one session with
+``j - i <= window``: ``w(a -> b) += 1 / (j - i)`` (sequential) and ``w(b -> a) +=
+back_weight / (j - i)`` (association, weaker). Each item keeps its ``top_m`` heaviest
+neighbours. Pure numpy, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def build_covisitation(
+    sessions: Sequence[Sequence[int]],
+    n_items: int,
+    *,
+    window: int = 5,
+    back_weight: float = 0.5,
+    top_m: int = 50,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(neighbours int64[N+1, M], weights float32[N+1, M])`` from sessions of item indices
+    (1..N). Row 0 and unused slots hold index 0 with weight 0; rows are sorted by weight."""
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
+    for s in sessions:
+        arr = np.asarray(s, dtype=np.int64)
+        for d in range(1, min(window, len(arr) - 1) + 1):
+            a, b = arr[:-d], arr[d:]
+            keep = a != b
+            a, b = a[keep], b[keep]
+            src += [a, b]
+            dst += [b, a]
+            wts += [np.full(a.size, 1.0 / d), np.full(a.size, back_weight / d)]
+    neighbours = np.zeros((n_items + 1, top_m), dtype=np.int64)
+    weights = np.zeros((n_items + 1, top_m), dtype=np.float32)
+    if not src:
+        return neighbours, weights
+    pair = np.concatenate(src) * (n_items + 1) + np.concatenate(dst)
+    keys, inverse = np.unique(pair, return_inverse=True)
+    total = np.bincount(inverse, weights=np.concatenate(wts))
+    s_idx, d_idx = keys // (n_items + 1), keys % (n_items + 1)
+    order = np.lexsort((-total, s_idx))  # by source, heaviest first
+    s_idx, d_idx, total = s_idx[order], d_idx[order], total[order]
+    starts = np.searchsorted(s_idx, np.arange(n_items + 1))
+    rank = np.arange(s_idx.size) - starts[s_idx]
+    keep = rank < top_m
+    neighbours[s_idx[keep], rank[keep]] = d_idx[keep]
+    weights[s_idx[keep], rank[keep]] = total[keep]
+    return neighbours, weights
+
+
+def covisit_scores(
+    recent: np.ndarray,
+    candidates: np.ndarray,
+    neighbours: np.ndarray,
+    weights: np.ndarray,
+    *,
+    depth: int = 3,
+) -> np.ndarray:
+    """``float32[B, C]``: co-visitation of each candidate with the session's newest ``depth``
+    items, the newest counting most (1, 1/2, 1/3 ...). ``recent`` is ``int64[B, R]``
+    chronological with the newest last (model input layout)."""
+    b, c = candidates.shape
+    out = np.zeros((b, c), dtype=np.float32)
+    for p in range(1, min(depth, recent.shape[1]) + 1):
+        src = recent[:, -p]
+        nb, wt = neighbours[src], weights[src]  # [B, M]
+        match = candidates[:, :, None] == nb[:, None, :]  # [B, C, M]
+        out += (match * wt[:, None, :]).sum(axis=2) / p
+    return out
+
+
+def covisit_candidates(recent: np.ndarray, neighbours: np.ndarray, *, depth: int = 3) -> np.ndarray:
+    """``int64[B, depth * M]``: the neighbours of the session's newest ``depth`` items (0 =
+    padding; duplicates are resolved by the final top-K)."""
+    cols = [neighbours[recent[:, -p]] for p in range(1, min(depth, recent.shape[1]) + 1)]
+    return np.concatenate(cols, axis=1)
