@@ -23,7 +23,7 @@ EVAL_K = 20
 VALID_DAYS = 7.0
 EXAMPLE_BUDGET = 600_000
 MIN_EPOCHS = 1
-BLEND_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+BLEND_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _day(ms: int) -> str:
