@@ -79,3 +79,22 @@ async def test_worker_keeps_state_in_redis_with_ttl(
     assert state.recent == [id_hash(i) for i in reversed(items)]
     assert state.n_session == 3 and state.events == 3
     assert state.vector.shape[0] > 0 and np.linalg.norm(state.vector) > 0
+
+
+async def test_a_state_of_another_layout_is_replaced_not_fatal(services: Services) -> None:
+    client = aioredis.from_url(services.redis_url)
+    store = UserStateStore(client, namespace="layout", ttl_ms=60_000, half_life_ms=1.0,
+                           max_recent=4, space_id=1)  # fmt: skip
+    await store.load_script()
+    await client.set(user_key("layout", "v2-user"), b"\x02" + b"\x00" * 40)
+    await client.set(user_key("layout", "short-user"), b"\x01" * 35)  # length != header's
+    blobs = await store.apply_batch(
+        [
+            StateUpdate(u, 1.0, id_hash("s"), id_hash("i"), 1.0, b"")
+            for u in ("v2-user", "short-user")
+        ]
+    )
+    for blob in blobs:
+        state = decode_state(blob)
+        assert state.events == 1 and state.recent == [id_hash("i")]
+    await client.aclose()
