@@ -38,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path = train_from_file(
         Path(args.data) if args.data else None,
         out,
+        dataset=args.dataset,
         test_days=args.test_days,
         epochs=args.epochs,
         seed=args.seed,
@@ -55,14 +56,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from stream.eval_job import EvalConfig, run_evaluation
-    from topics.importer import ImportSpec, import_files
+    from stream.import_job import load_events_file
     from topics.loaders import datasets_root, load_dataset
 
     datasets = {}
     for name in args.dataset or []:
         datasets[name], _ = load_dataset(name, datasets_root(args.datasets_root))
     for path in args.data or []:
-        events, report = import_files([Path(path)], ImportSpec())
+        events, report = load_events_file(Path(path))
         if report.bad_rows:
             print(f"{path}: {report.summary()}")
         datasets[Path(path).name.split(".")[0]] = events
@@ -99,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(func=_cmd_topics)
 
     tr = sub.add_parser("train", help="train a model and write a versioned bundle")
-    tr.add_argument("--data", help="DIGINETICA views file (default: the sample)")
+    tr.add_argument(
+        "--data", help="DIGINETICA views or canonical JSONL events file (default: the sample)"
+    )
+    tr.add_argument("--dataset", help="a ready-made dataset instead (see `streamrec import`)")
     tr.add_argument("--out", help="bundle root (default: STREAMREC_MODEL_DIR)")
     tr.add_argument(
         "--test-days",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from stream.settings import load_settings
-from topics.datasets import LoadReport, TimeUnit
+from topics.datasets import LoadReport, TimeUnit, load_diginetica_views, open_text
 from topics.events import EventType, UserEvent
 from topics.importer import ImportSpec, ImportSpecError, import_files, parse_type_map, write_jsonl
 from topics.loaders import DATASETS, datasets_root, load_dataset
@@ -127,3 +127,16 @@ def run_import(args: argparse.Namespace) -> int:
         asyncio.run(produce(bootstrap, args.topic, messages, rate=args.rate))
         print(f"produced {len(messages):,} events to {args.topic} at {bootstrap}")
     return 0
+
+
+def load_events_file(path: Path) -> tuple[list[UserEvent], LoadReport]:
+    """Events of one file: a DIGINETICA views file (recognised by its header) or canonical
+    JSONL (``streamrec import --out``'s format). Used by ``train --data`` and ``evaluate
+    --data``; other layouts go through ``streamrec import`` first."""
+    if not path.is_file():
+        raise ImportSpecError(f"{path}: no such file")
+    with open_text(path) as fh:
+        header = fh.readline().strip().lower().replace("_", "")
+    if header.startswith("sessionid;") and "itemid" in header:
+        return load_diginetica_views(path)
+    return import_files([path], ImportSpec())

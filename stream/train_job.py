@@ -16,7 +16,7 @@ from models.export import train_bundle
 from models.ranker import SessionRanker
 from models.serving import ServingModel
 from models.training import TrainConfig, build_sessions, predict_top_k
-from topics.datasets import load_diginetica_views, split_train_valid_test
+from topics.datasets import split_train_valid_test
 from topics.events import UserEvent
 
 EVAL_K = 20
@@ -151,22 +151,33 @@ def train_from_file(
     data: Path | None,
     out: Path,
     *,
+    dataset: str | None = None,
     test_days: float,
     epochs: int | None,
     seed: int,
     promote: bool = True,
 ) -> Path:
+    """``streamrec train``: a file (DIGINETICA views or canonical JSONL), a ready-made dataset,
+    or by default the DIGINETICA sample. The last ``test_days`` are held out, the
+    ``VALID_DAYS`` before them tune the co-visitation blend, the rest trains."""
     from stream.demo import dataset_path
+    from stream.import_job import load_events_file
+    from topics.loaders import load_dataset
 
-    source = data or dataset_path()
-    events, report = load_diginetica_views(source)
+    if dataset:
+        source = dataset
+        events, report = load_dataset(dataset)
+    else:
+        path = data or dataset_path()
+        source = str(path)
+        events, report = load_events_file(path)
     if report.bad_rows:
         print(f"{report.bad_rows} of {report.rows} rows could not be read ({report.first_error})")
     train, valid, _ = split_train_valid_test(events, test_days, VALID_DAYS)
     return train_and_promote(
         train,
         out,
-        source=str(source),
+        source=source,
         valid=valid,
         epochs=epochs,
         seed=seed,
