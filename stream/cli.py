@@ -81,6 +81,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from stream.import_job import load_events_file
+    from stream.replay_job import run_replay
+    from topics.loaders import load_dataset
+
+    if bool(args.data) == bool(args.dataset):
+        print("give one of --data FILE or --dataset NAME")
+        return 2
+    events, _ = load_dataset(args.dataset) if args.dataset else load_events_file(Path(args.data))
+    return run_replay(events, out=Path(args.out), rate=args.rate, settings=load_settings())
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from stream.import_job import run_import
 
@@ -136,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ev.add_argument("--epochs", type=int, default=None, help="ranker epochs (default: train's)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    rp = sub.add_parser("replay", help="replay events through Kafka and a worker; write recs")
+    rp.add_argument("--data", help="DIGINETICA views or canonical JSONL events file")
+    rp.add_argument("--dataset", help="a ready-made dataset instead")
+    rp.add_argument("--out", default="recs.jsonl", help="JSON lines of every recommendation")
+    rp.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
+    rp.set_defaults(func=_cmd_replay)
 
     from stream.import_job import add_import_arguments
 

@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from models.evaluation import hit_rate_at_k, mrr_at_k
-from stream.kafka_admin import create_topics, delete_topics
-from stream.replay import Collected, collect, produce
+from stream.replay import IsolatedRun, replay_messages
 from stream.services import ROOT, LocalServices, resolve_services
 from stream.settings import Settings
 from topics.datasets import load_diginetica_views, split_train_valid_test
-from topics.events import EventType, UserEvent
-from topics.names import all_topics
+from topics.events import UserEvent
 
 VALID_DAYS = 7.0  # carved from the training period to tune the co-visitation blend
 SHARED_SAMPLE = (
@@ -182,53 +176,13 @@ def ensure_model(
     return train_and_promote(train, settings.model_dir, source=str(data), valid=valid)
 
 
-async def _replay(
-    bootstrap: str, prefix: str, test: list[UserEvent], rate: float, bad: list[bytes]
-) -> tuple[Collected, float]:
-    names = all_topics(prefix)
-    events_topic, recs_topic, dead_topic = (t.name for t in names)
-    # Readiness probe: the first answer proves the worker joined its group and is serving.
-    probe = UserEvent(
-        "probe-0",
-        EventType.VIEW,
-        "probe-user",
-        "probe-session",
-        int(time.time() * 1000),
-        item_id="probe-item",
-    )
-    await produce(bootstrap, events_topic, [(b"probe-user", probe.to_bytes())])
-    got = await collect(bootstrap, recs_topic, dead_topic, expect=1, timeout_s=120)
-    if "probe-0" not in got.recommendations:
-        raise RuntimeError("the worker did not answer the readiness probe within 120 s")
-
-    messages = [(e.user_id.encode(), e.to_bytes()) for e in test]
+def with_bad_events(test: list[UserEvent], bad: list[bytes]) -> list[tuple[bytes | None, bytes]]:
+    """The replayed messages: every test event keyed by its user, ``bad`` spread among them."""
+    messages: list[tuple[bytes | None, bytes]] = [(e.user_id.encode(), e.to_bytes()) for e in test]
     step = max(1, len(messages) // (len(bad) + 1))
     for j, raw in enumerate(bad):
         messages.insert((j + 1) * step, (b"bad", raw))
-    expect = len(messages) + 1
-    with (
-        tqdm(total=len(messages), desc="replay", unit="ev") as sent_bar,
-        tqdm(total=expect, desc="answers", unit="rec") as recv_bar,
-    ):
-        ready = asyncio.Event()
-        collector = asyncio.create_task(
-            collect(
-                bootstrap,
-                recs_topic,
-                dead_topic,
-                expect=expect,
-                timeout_s=60,
-                progress=recv_bar.update,
-                ready=ready,
-            )
-        )
-        await ready.wait()
-        start = await produce(
-            bootstrap, events_topic, messages, rate=rate, progress=sent_bar.update
-        )
-        collected = await collector
-    collected.recommendations.pop("probe-0", None)
-    return collected, start
+    return messages
 
 
 def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
@@ -236,39 +190,21 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
         kafka_port=int(os.environ.get("STREAMREC_KAFKA_PORT", "9092")),
         redis_port=int(os.environ.get("STREAMREC_REDIS_PORT", "6379")),
     )
-    worker: subprocess.Popen[bytes] | None = None
     bootstrap = ""
     run_id = time.strftime("%Y%m%d%H%M%S")
-    prefix = f"demo-{run_id}."
     try:
         bootstrap, redis_url = resolve_services(services)
         data = dataset_path()
         events, _ = load_diginetica_views(data)
         train, valid, test = split_train_valid_test(events, test_days, VALID_DAYS)
         bundle = ensure_model(settings, train, valid, data)
-        asyncio.run(create_topics(bootstrap, all_topics(prefix)))
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-            REDIS_URL=redis_url,
-            STREAMREC_TOPIC_PREFIX=prefix,
-            STREAMREC_NAMESPACE=f"demo-{run_id}",
-            STREAMREC_GROUP_ID=f"demo-{run_id}",
-            STREAMREC_MODEL_DIR=str(settings.model_dir),
-            STREAMREC_STATE_TTL_S="3600",
-            STREAMREC_LOG_LEVEL="WARNING",
+        run = IsolatedRun(
+            bootstrap, redis_url, settings.model_dir, f"demo-{run_id}", settings.model_dir.parent
         )
-        log_path = settings.model_dir.parent / f"demo-worker-{run_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as log_file:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"],
-                env=env,
-                cwd=ROOT,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+        with run:
+            collected, start = asyncio.run(
+                replay_messages(bootstrap, run.topics, with_bad_events(test, BAD_EVENTS), rate=rate)
             )
-            collected, start = asyncio.run(_replay(bootstrap, prefix, test, rate, BAD_EVENTS))
         recs = collected.recommendations
         lists = {key: r.items for key, r in recs.items()}
         targets = next_event_targets(test)
@@ -308,18 +244,7 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
         print(report.render(), flush=True)
         lost = len(test) - len(recs)
         if lost:
-            print(f"ERROR: {lost} events got no recommendation (worker log: {log_path})")
+            print(f"ERROR: {lost} events got no recommendation (worker log: {run.log_path})")
         return 1 if lost or sum(dead.values()) != len(BAD_EVENTS) else 0
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        if bootstrap:
-            try:
-                asyncio.run(delete_topics(bootstrap, [t.name for t in all_topics(prefix)]))
-            except Exception as exc:  # cleanup must not hide the report
-                print(f"note: could not delete demo topics: {exc}")
         services.stop_started()
