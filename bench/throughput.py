@@ -285,10 +285,6 @@ class BenchWorker(WorkerProcess):
     """The integration tests' worker process, with benchmark names for topics and state."""
 
     @property
-    def prefix(self) -> str:
-        return f"bench-{self.run_id}."
-
-    @property
     def namespace(self) -> str:
         return f"bench-{self.run_id}"
 

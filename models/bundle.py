@@ -68,6 +68,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _manifest_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def space_id_of(space: str) -> int:
     """u32 id of an embedding space as user state stores it; never 0, which state uses for
     "no vector yet"."""
@@ -141,10 +145,7 @@ def write_bundle(
         if covisit is not None:
             np.savez(tmp / COVISIT_FILE, neighbours=covisit[0], weights=covisit[1])
             names.append(COVISIT_FILE)
-        files = {
-            name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-            for name in names
-        }
+        files = {name: _manifest_entry(tmp / name) for name in names}
         manifest = {"format_version": FORMAT_VERSION, "version": version, "files": files}
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
         os.rename(tmp, final)
@@ -297,10 +298,7 @@ def derive_bundle(source: Path, updates: dict[str, Any], *, version: str | None 
         (tmp / METADATA_FILE).write_bytes(orjson.dumps(meta, option=_JSON_OPTS))
         manifest = orjson.loads((tmp / MANIFEST_FILE).read_bytes())
         manifest["version"] = version
-        manifest["files"][METADATA_FILE] = {
-            "sha256": sha256_file(tmp / METADATA_FILE),
-            "bytes": (tmp / METADATA_FILE).stat().st_size,
-        }
+        manifest["files"][METADATA_FILE] = _manifest_entry(tmp / METADATA_FILE)
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
         os.rename(tmp, final)
     except BaseException:

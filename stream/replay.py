@@ -127,6 +127,24 @@ async def collect(
         await consumer.stop()
 
 
+def worker_env(
+    bootstrap: str, redis_url: str, model_dir: Path, name: str, **overrides: str
+) -> dict[str, str]:
+    """The environment of a worker isolated under ``name``: topic prefix ``<name>.``, its own
+    consumer group and Redis namespace; ``overrides`` are further settings."""
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        REDIS_URL=redis_url,
+        STREAMREC_TOPIC_PREFIX=f"{name}.",
+        STREAMREC_NAMESPACE=name,
+        STREAMREC_GROUP_ID=name,
+        STREAMREC_MODEL_DIR=str(model_dir),
+    )
+    env.update(overrides)
+    return env
+
+
 @dataclass
 class IsolatedRun:
     """A ``streamrec worker`` process with topics, a consumer group and a Redis namespace of
@@ -158,16 +176,13 @@ class IsolatedRun:
 
     def __enter__(self) -> IsolatedRun:
         asyncio.run(create_topics(self.bootstrap, all_topics(self.prefix)))
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-            REDIS_URL=self.redis_url,
-            STREAMREC_TOPIC_PREFIX=self.prefix,
-            STREAMREC_NAMESPACE=self.name,
-            STREAMREC_GROUP_ID=self.name,
-            STREAMREC_MODEL_DIR=str(self.model_dir),
-            STREAMREC_STATE_TTL_S=str(self.state_ttl_s),
+        env = worker_env(
+            self.bootstrap,
+            self.redis_url,
+            self.model_dir,
+            self.name,
             STREAMREC_LOG_LEVEL=self.log_level,
+            STREAMREC_STATE_TTL_S=str(self.state_ttl_s),
             STREAMREC_METRICS_PORT="0",
         )
         self.log_dir.mkdir(parents=True, exist_ok=True)

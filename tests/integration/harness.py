@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream.replay import worker_env
 from stream.services import ROOT
 from topics.names import all_topics
 
@@ -42,7 +42,7 @@ class WorkerProcess:
 
     @property
     def prefix(self) -> str:
-        return f"t-{self.run_id}."
+        return f"{self.namespace}."
 
     @property
     def namespace(self) -> str:
@@ -58,14 +58,11 @@ class WorkerProcess:
         return self.log_dir / f"worker-{self.run_id}.log"
 
     def start(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.services.bootstrap,
-            REDIS_URL=self.services.redis_url,
-            STREAMREC_TOPIC_PREFIX=self.prefix,
-            STREAMREC_NAMESPACE=self.namespace,
-            STREAMREC_GROUP_ID=f"t-{self.run_id}",
-            STREAMREC_MODEL_DIR=str(self.model_dir),
+        env = worker_env(
+            self.services.bootstrap,
+            self.services.redis_url,
+            self.model_dir,
+            self.namespace,  # prefix "t-<id>.", group and namespace "t-<id>"
             STREAMREC_METRICS_PORT=str(free_port()),
             STREAMREC_STATE_TTL_S="600",
             STREAMREC_LOG_LEVEL="INFO",
