@@ -39,6 +39,7 @@ class WorkerProcess:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    metrics_port: int = field(default_factory=free_port)
 
     @property
     def prefix(self) -> str:
@@ -63,7 +64,7 @@ class WorkerProcess:
             self.services.redis_url,
             self.model_dir,
             self.namespace,  # prefix "t-<id>.", group and namespace "t-<id>"
-            STREAMREC_METRICS_PORT=str(free_port()),
+            STREAMREC_METRICS_PORT=str(self.metrics_port),
             STREAMREC_STATE_TTL_S="600",
             STREAMREC_LOG_LEVEL="INFO",
         )
