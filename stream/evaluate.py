@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -158,7 +159,16 @@ async def served_lists(
 
 
 def served_lists_sync(*args: object, **kwargs: object) -> list[list[str]]:
-    return asyncio.run(served_lists(*args, **kwargs))  # type: ignore[arg-type]
+    """``served_lists`` from synchronous code, also when the caller runs inside an event loop
+    (a benchmark or an async test calling ``streamrec train``'s tuning): then it runs on a
+    thread of its own, since a running loop cannot be re-entered."""
+    coro = served_lists(*args, **kwargs)  # type: ignore[arg-type]
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def neural_lists(model: ServingModel, pairs: TestPairs, *, k: int) -> list[list[str]]:

@@ -101,3 +101,15 @@ async def test_covisitation_adds_candidates_and_lifts_their_scores() -> None:
     with_covis = await recommend_batch([Trigger(event, 0.0)], store2, model, k=1, n_candidates=2)
     assert without.recommendations[0].items == ["b"]
     assert with_covis.recommendations[0].items == ["e"]
+
+
+async def test_served_lists_sync_works_inside_a_running_loop() -> None:
+    from stream.evaluate import build_test_pairs, served_lists_sync
+
+    model, _ = model_and_store()
+    model.half_life_ms = 1e9
+    test = [UserEvent("1", EventType.VIEW, "u", "s", 1, item_id="a"),
+            UserEvent("2", EventType.VIEW, "u", "s", 2, item_id="c")]  # fmt: skip
+    pairs = build_test_pairs(test, {"a", "b", "c"})
+    lists = served_lists_sync(model, [], test, pairs, k=2)  # called from a coroutine
+    assert len(lists) == 1 and lists[0][0] == "b" and "a" not in lists[0]  # b: nearest to a
