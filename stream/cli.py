@@ -70,11 +70,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not datasets:
         print("give --dataset NAME and/or --data FILE (canonical JSONL, see docs/evaluation.md)")
         return 2
+    model_dir = load_settings().model_dir
+    bundles = tuple(str(Path(m) if Path(m).is_dir() else model_dir / m) for m in (args.model or []))
     cfg = EvalConfig(
         test_days=args.test_days,
         valid_days=args.valid_days,
-        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()),
         epochs=args.epochs,
+        bundles=bundles,
     )
     summary = run_evaluation(datasets, cfg, Path(args.report))
     print(f"report written to {args.report}/report.md ({summary['seconds']:.0f} s)")
@@ -147,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--valid-days", type=float, default=7.0)
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     ev.add_argument("--epochs", type=int, default=None, help="ranker epochs (default: train's)")
+    ev.add_argument(
+        "--model",
+        action="append",
+        help="an existing bundle (version under STREAMREC_MODEL_DIR, or a path) to evaluate "
+        "side by side with the trained ones; repeatable. --seeds '' trains none.",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     rp = sub.add_parser("replay", help="replay events through Kafka and a worker; write recs")

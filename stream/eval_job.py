@@ -91,6 +91,16 @@ def evaluate_dataset(
         if bar is not None:
             bar.update(1)
 
+    for bundle in cfg.bundles:
+        t0 = time.perf_counter()
+        model = ServingModel.load(Path(bundle))
+        label = f"{SERVED}@{model.version}"
+        lists = served_lists_sync(model, train + valid, test, pairs, k=k, batch_size=cfg.batch_size)
+        methods[label] = [score_lists(lists, pairs, catalogue, popularity, cfg.ks)]
+        seconds[label] = time.perf_counter() - t0
+        if bar is not None:
+            bar.update(1)
+
     for seed in cfg.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -142,7 +152,7 @@ def run_evaluation(
     """Evaluate every dataset and write ``report_dir/{report.md, results.json, *.png}``."""
     from stream.eval_report import write_report
 
-    steps = len(datasets) * (len(baselines()) + len(cfg.seeds))
+    steps = len(datasets) * (len(baselines()) + len(cfg.bundles) + len(cfg.seeds))
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     with tqdm(total=steps, desc="evaluate", unit="step") as bar:

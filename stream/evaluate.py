@@ -45,6 +45,8 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 256
     epochs: int | None = None
+    # Existing bundles (paths) to evaluate side by side with the freshly trained ones.
+    bundles: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
