@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.evaluation import hit_rate_at_k, mrr_at_k
+from stream.evaluate import build_test_pairs
 from stream.replay import IsolatedRun, replay_messages
 from stream.services import ROOT, LocalServices, resolve_services
 from stream.settings import Settings
@@ -107,28 +108,15 @@ def next_event_targets(events: list[UserEvent]) -> dict[str, str]:
     return out
 
 
-def split_targets(
-    train: list[UserEvent], test: list[UserEvent], targets: dict[str, str]
+def recommendable_targets(
+    train: list[UserEvent], test: list[UserEvent]
 ) -> tuple[dict[str, str], int, int]:
-    """The targets a recommender can hit under the seen-item filter, and how many are not:
-    (eligible targets, re-views of an item already seen in the session, unseen items)."""
-    known = {e.item_id for e in train}
-    seen: dict[str, set[str | None]] = {}
-    eligible: dict[str, str] = {}
-    repeats = unseen = 0
-    for e in test:
-        s = seen.setdefault(e.session_id, set())
-        s.add(e.item_id)
-        target = targets.get(e.event_id)
-        if target is None:
-            continue
-        if target in s:
-            repeats += 1
-        elif target not in known:
-            unseen += 1
-        else:
-            eligible[e.event_id] = target
-    return eligible, repeats, unseen
+    """The next-event targets a recommender can hit under the seen-item filter (trigger
+    event_id -> item), and how many are re-views and how many unseen in training: the
+    evaluation protocol's own pairs (stream.evaluate.build_test_pairs)."""
+    pairs = build_test_pairs(test, {e.item_id for e in train if e.item_id is not None})
+    eligible = dict(zip(pairs.trigger_ids, pairs.targets, strict=True))
+    return eligible, pairs.dropped_repeat, pairs.dropped_unseen
 
 
 def popularity_lists(train: list[UserEvent], test: list[UserEvent], k: int) -> dict[str, list[str]]:
@@ -209,7 +197,7 @@ def run_demo(*, rate: float, test_days: float, settings: Settings) -> int:
         lists = {key: r.items for key, r in recs.items()}
         targets = next_event_targets(test)
         hr, mrr, n = _score(lists, targets, 20)
-        eligible, repeats, unseen = split_targets(train, test, targets)
+        eligible, repeats, unseen = recommendable_targets(train, test)
         e_hr, e_mrr, _ = _score(lists, eligible, 20)
         pop_hr, pop_mrr, _ = _score(popularity_lists(train, test, 20), targets, 20)
         lat = np.array([r.latency_ms for r in recs.values()]) if recs else np.zeros(1)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from stream.kafka_admin import create_topics, delete_topics
 from topics.dead_letter import DeadLetter
 from topics.events import EventType, UserEvent
-from topics.names import all_topics
+from topics.names import all_topics, topic_names
 from topics.recommendations import Recommendation
 
 PROBE_ID = "probe-0"
@@ -167,8 +167,7 @@ class IsolatedRun:
 
     @property
     def topics(self) -> tuple[str, str, str]:
-        events, recs, dead = (t.name for t in all_topics(self.prefix))
-        return events, recs, dead
+        return topic_names(self.prefix)
 
     @property
     def log_path(self) -> Path:

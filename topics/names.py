@@ -41,3 +41,12 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (USER_EVENTS, RECOMMENDATIONS, DEAD_LETTERS)
 def all_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
     """Every topic the pipeline uses, with ``prefix`` applied."""
     return tuple(t.prefixed(prefix) for t in ALL_TOPICS)
+
+
+def topic_names(prefix: str = "") -> tuple[str, str, str]:
+    """(events, recommendations, dead letters) topic names with ``prefix`` applied."""
+    return (
+        prefix + USER_EVENTS.name,
+        prefix + RECOMMENDATIONS.name,
+        prefix + DEAD_LETTERS.name,
+    )

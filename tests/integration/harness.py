@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stream.replay import worker_env
 from stream.services import ROOT
-from topics.names import all_topics
+from topics.names import topic_names
 
 
 def free_port() -> int:
@@ -51,8 +51,7 @@ class WorkerProcess:
 
     @property
     def topics(self) -> tuple[str, str, str]:
-        events, recs, dead = (t.name for t in all_topics(self.prefix))
-        return events, recs, dead
+        return topic_names(self.prefix)
 
     @property
     def log_path(self) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.demo import _score, next_event_targets, popularity_lists, split_targets
+from stream.demo import _score, next_event_targets, popularity_lists, recommendable_targets
 from topics.events import EventType, UserEvent
 
 
@@ -24,8 +24,8 @@ def test_next_event_targets_stay_within_the_session() -> None:
     assert next_event_targets(events) == {"1": "y", "2": "x", "3": "new"}
 
 
-def test_split_targets_separates_repeats_and_unseen_items() -> None:
-    eligible, repeats, unseen = split_targets(TRAIN, TEST, next_event_targets(TEST))
+def test_recommendable_targets_separate_repeats_and_unseen_items() -> None:
+    eligible, repeats, unseen = recommendable_targets(TRAIN, TEST)
     assert eligible == {"1": "y"}
     assert (repeats, unseen) == (1, 1)
 
