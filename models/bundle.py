@@ -35,6 +35,7 @@ import orjson
 
 from features.keys import item_hashes_u64
 from models.retrieval import Retriever
+from models.session_knn import SessionIndex
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -44,6 +45,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 POPULARITY_FILE = "popularity.npy"
 METADATA_FILE = "metadata.json"
 COVISIT_FILE = "covisit.npz"  # optional: bundles written before it serve without co-visitation
+KNN_FILE = "knn.npz"  # optional: training sessions for session kNN (models/session_knn.py)
 MANIFEST_FILE = "MANIFEST.json"
 CURRENT_FILE = "CURRENT"
 FILES = (MODEL_FILE, INDEX_FILE, ITEM_IDS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE, METADATA_FILE)
@@ -95,6 +97,7 @@ def write_bundle(
     version: str | None = None,
     retriever: Retriever | None = None,
     covisit: tuple[np.ndarray, np.ndarray] | None = None,
+    session_index: SessionIndex | None = None,
 ) -> Path:
     """Write ``<root>/<version>/`` atomically and return its path.
 
@@ -145,6 +148,11 @@ def write_bundle(
         if covisit is not None:
             np.savez(tmp / COVISIT_FILE, neighbours=covisit[0], weights=covisit[1])
             names.append(COVISIT_FILE)
+        if session_index is not None:
+            if session_index.n_items != n:
+                raise ModelError(f"session index has {session_index.n_items} items, bundle {n}")
+            session_index.save(tmp / KNN_FILE)
+            names.append(KNN_FILE)
         files = {name: _manifest_entry(tmp / name) for name in names}
         manifest = {"format_version": FORMAT_VERSION, "version": version, "files": files}
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
@@ -195,6 +203,8 @@ class Bundle:
     # Co-visitation (models/covisit.py): int64 / float32 [N + 1, M]; M = 0 when absent.
     covisit_neighbours: np.ndarray
     covisit_weights: np.ndarray
+    # Training sessions for session kNN; None when the bundle has none.
+    session_index: SessionIndex | None = None
 
     @classmethod
     def load(cls, path: Path | str) -> Bundle:
@@ -226,6 +236,12 @@ class Bundle:
                 neighbours, weights = covisit["neighbours"], covisit["weights"]
             if neighbours.shape != weights.shape or neighbours.shape[0] != n + 1:
                 raise ModelError(f"{path}: co-visitation shape {neighbours.shape}, N={n}")
+        session_index = None
+        if (path / KNN_FILE).is_file():
+            try:
+                session_index = SessionIndex.load(path / KNN_FILE, n)
+            except (ValueError, KeyError) as exc:
+                raise ModelError(f"{path}: {exc}") from exc
         return cls(
             version=str(metadata["version"]),
             path=path,
@@ -237,6 +253,7 @@ class Bundle:
             _sorted_indices=(order + 1).astype(np.int64),
             covisit_neighbours=neighbours.astype(np.int64),
             covisit_weights=weights.astype(np.float32),
+            session_index=session_index,
         )
 
     @property

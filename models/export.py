@@ -25,6 +25,7 @@ from models.covisit import build_covisitation
 from models.ranker import SessionRanker
 from models.retrieval import Retriever
 from models.scoring import INPUT_NAMES, OUTPUT_NAME
+from models.session_knn import SessionIndex
 from models.training import TrainConfig, train_ranker
 
 # Weight of log(1 + co-visitation) added to the ranker's logit; tuned on validation data by
@@ -126,7 +127,7 @@ def train_bundle(
         n_train_pairs=sum(max(len(s) - 1, 0) for s in sessions),
         train_seconds=round(train_seconds, 2),
         half_life_ms=cfg.half_life_ms,
-        covisit_blend=DEFAULT_COVISIT_BLEND,
+        blend={"neural": 1.0, "covisit": DEFAULT_COVISIT_BLEND, "knn": 0.0, "online": 0.0},
         event_weights=dict(cfg.event_weights),
         metrics=dict(metrics or {}),
         torch_version=torch.__version__,
@@ -151,4 +152,5 @@ def train_bundle(
             version=version,
             retriever=Retriever.build(embeddings),
             covisit=build_covisitation(sessions, len(item_ids)),
+            session_index=SessionIndex.build(sessions, len(item_ids)),
         )

@@ -3,16 +3,47 @@ pipeline needs, prepared once at load time so that nothing per-batch recomputes 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from models.bundle import Bundle
 from models.retrieval import Retriever
 from models.scoring import Device, Scorer
+from models.session_knn import SessionIndex
 
 DEFAULT_HALF_LIFE_MS = 7 * 24 * 3600 * 1000.0
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
+
+
+@dataclass(slots=True)
+class BlendWeights:
+    """How the served score combines the ranking signals of a candidate:
+
+    ``neural * logit + covisit * log1p(co-visitation) + knn * log1p(session kNN)
+    + online * log1p(online co-visitation)``
+
+    Chosen per model on the validation period (stream/train_job.py) and recorded in the
+    bundle's metadata under ``blend``; a signal weighted 0 is not computed at serving time.
+    """
+
+    neural: float = 1.0
+    covisit: float = 0.0
+    knn: float = 0.0
+    online: float = 0.0
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> BlendWeights:
+        """``metadata["blend"]``; bundles written before it only carry ``covisit_blend``."""
+        blend = metadata.get("blend")
+        if isinstance(blend, dict):
+            return cls(**{k: float(v) for k, v in blend.items() if k in cls.__dataclass_fields__})
+        return cls(covisit=float(metadata.get("covisit_blend", 0.0)))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
 
 
 class ServingModel:
@@ -40,8 +71,8 @@ class ServingModel:
         self.half_life_ms = float(bundle.metadata.get("half_life_ms", DEFAULT_HALF_LIFE_MS))
         self.covisit_neighbours = bundle.covisit_neighbours
         self.covisit_weights = bundle.covisit_weights
-        # Weight of log(1 + co-visitation) added to the ranker's score; 0 turns it off.
-        self.covisit_blend = float(bundle.metadata.get("covisit_blend", 0.0))
+        self.session_index = bundle.session_index or SessionIndex.empty(bundle.n_items)
+        self.blend = BlendWeights.from_metadata(bundle.metadata)
         self.embeddings = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)
         norms = np.linalg.norm(self.embeddings, axis=1, keepdims=True)
         self.normalised_embeddings = np.divide(

@@ -62,9 +62,11 @@ def evaluate_dataset(
     name: str, events: list[UserEvent], cfg: EvalConfig, bar: tqdm | None = None
 ) -> dict[str, Any]:
     """All methods on one dataset; returns the JSON-able result block of the report."""
-    train, valid, test = split_train_valid_test(events, cfg.test_days, cfg.valid_days)
+    train, valid, test = split_train_valid_test(
+        events, cfg.test_days, cfg.valid_days, min_valid_events=cfg.min_valid_events
+    )
     # Every method is fitted on `train`; `valid` serves the choices (the served ranking's
-    # co-visitation blend) and, being older than test, the warm-up of user state.
+    # blend weights) and, being older than test, the warm-up of user state.
     fit = train
     known = {e.item_id for e in fit if e.item_id is not None}
     pairs = build_test_pairs(test, known)
@@ -79,7 +81,7 @@ def evaluate_dataset(
     k = max(cfg.ks)
     methods: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, float] = {}
-    blends: list[float] = []
+    blends: list[dict[str, float]] = []
 
     sessions, starts = _sessions(fit)
     for baseline in baselines():
@@ -114,7 +116,7 @@ def evaluate_dataset(
                 make_current=False,
             )
             model = ServingModel.load(path)
-            blends.append(model.covisit_blend)
+            blends.append(model.blend.to_dict())
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             lists = served_lists_sync(
@@ -142,7 +144,7 @@ def evaluate_dataset(
         "catalogue": len(catalogue),
         "methods": {m: {"runs": runs, **_summarise(runs)} for m, runs in methods.items()},
         "seconds": seconds,
-        "covisit_blend_per_seed": blends,
+        "blend_per_seed": blends,
     }
 
 

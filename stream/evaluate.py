@@ -19,21 +19,24 @@ training events of the same users.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any, TypeVar
 
 import numpy as np
 
 from features.keys import item_hashes_u64
 from features.memory_store import InMemoryStateStore
+from models.blend_search import CapturedSignals, capture
 from models.evaluation import coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, popularity_bias
 from models.serving import ServingModel
 from models.topk import top_k_excluding
-from stream.pipeline import Trigger, recommend_batch, state_updates
+from stream.pipeline import Trigger, recommend_batch, score_batch, state_updates
 from topics.events import UserEvent
 
+T = TypeVar("T")
 LENGTH_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 10**9))
 
 
@@ -41,6 +44,9 @@ LENGTH_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 10**9))
 class EvalConfig:
     test_days: float = 14.0
     valid_days: float = 7.0
+    # Validation widened back to this many events when valid_days hold fewer (see
+    # topics.datasets.split_train_valid_test).
+    min_valid_events: int = 2000
     ks: tuple[int, ...] = (5, 10, 20)
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 256
@@ -124,6 +130,33 @@ def _chunks(items: Sequence[UserEvent], size: int) -> list[Sequence[UserEvent]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+async def _replay(
+    model: ServingModel,
+    warm: Sequence[UserEvent],
+    test: Sequence[UserEvent],
+    step: Callable[[list[Trigger], InMemoryStateStore], Awaitable[None]],
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Warm an in-process state store with ``warm`` (training events of the test users), then
+    hand ``test`` to ``step`` in event-time micro-batches, as the worker would see them."""
+    store = InMemoryStateStore(
+        namespace="eval",
+        half_life_ms=model.half_life_ms,
+        max_recent=model.max_recent,
+        space_id=model.space_id,
+    )
+    users = {e.user_id for e in test}
+    for chunk in _chunks([e for e in warm if e.user_id in users], batch_size):
+        updates, _ = state_updates(list(chunk), model)
+        await store.apply_batch(updates)
+    for chunk in _chunks(test, batch_size):
+        await step([Trigger(e, float(e.timestamp_ms)) for e in chunk], store)
+        if progress is not None:
+            progress(len(chunk))
+
+
 async def served_lists(
     model: ServingModel,
     warm: Sequence[UserEvent],
@@ -137,40 +170,78 @@ async def served_lists(
 ) -> list[list[str]]:
     """The worker's lists for ``pairs``: warm state with ``warm`` (training events of the test
     users), then replay ``test`` through ``recommend_batch`` in micro-batches."""
-    store = InMemoryStateStore(
-        namespace="eval",
-        half_life_ms=model.half_life_ms,
-        max_recent=model.max_recent,
-        space_id=model.space_id,
-    )
-    users = {e.user_id for e in test}
-    for chunk in _chunks([e for e in warm if e.user_id in users], batch_size):
-        updates, _ = state_updates(list(chunk), model)
-        await store.apply_batch(updates)
     wanted = set(pairs.trigger_ids)
     by_trigger: dict[str, list[str]] = {}
-    for chunk in _chunks(test, batch_size):
-        triggers = [Trigger(e, float(e.timestamp_ms)) for e in chunk]
+
+    async def step(triggers: list[Trigger], store: InMemoryStateStore) -> None:
         result = await recommend_batch(triggers, store, model, k=k, n_candidates=n_candidates)
         for rec in result.recommendations:
             if rec.event_id in wanted:
                 by_trigger[rec.event_id] = rec.items
-        if progress is not None:
-            progress(len(chunk))
+
+    await _replay(model, warm, test, step, batch_size=batch_size, progress=progress)
     return [by_trigger.get(t, []) for t in pairs.trigger_ids]
 
 
-def served_lists_sync(*args: object, **kwargs: object) -> list[list[str]]:
-    """``served_lists`` from synchronous code, also when the caller runs inside an event loop
+async def served_signals(
+    model: ServingModel,
+    warm: Sequence[UserEvent],
+    test: Sequence[UserEvent],
+    pairs: TestPairs,
+    *,
+    k: int,
+    n_candidates: int = 100,
+    batch_size: int = 256,
+) -> CapturedSignals:
+    """Replay like ``served_lists`` but keep, for every example, its candidates and every
+    signal (``every_signal``), so that blends can be compared without replaying again."""
+    target_of = dict(zip(pairs.trigger_ids, pairs.targets, strict=True))
+    rows: list[tuple[np.ndarray, set[int], int, dict[str, np.ndarray | None]]] = []
+
+    async def step(triggers: list[Trigger], store: InMemoryStateStore) -> None:
+        scored = await score_batch(
+            triggers, store, model, k=k, n_candidates=n_candidates, every_signal=True
+        )
+        keep = [i for i, t in enumerate(triggers) if t.event.event_id in target_of]
+        if not keep:
+            return
+        targets = model.indices_of(
+            item_hashes_u64([target_of[triggers[i].event.event_id] for i in keep])
+        )
+        sig = scored.signals
+        for j, i in enumerate(keep):
+            raw = {n: (v[i] if v is not None else None) for n, v in
+                   (("neural", sig.neural), ("covisit", sig.covisit), ("knn", sig.knn),
+                    ("online", sig.online))}  # fmt: skip
+            rows.append((scored.candidates[i], scored.arrays.seen[i], int(targets[j]), raw))
+
+    await _replay(model, warm, test, step, batch_size=batch_size)
+    if not rows:
+        return capture(np.zeros((0, 0), np.int64), [], np.zeros(0, np.int64), {})
+    names = [n for n, v in rows[0][3].items() if v is not None]
+    return capture(
+        np.stack([r[0] for r in rows]),
+        [r[1] for r in rows],
+        np.array([r[2] for r in rows], dtype=np.int64),
+        {n: np.stack([r[3][n] for r in rows]) for n in names},  # type: ignore[misc]
+    )
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` from synchronous code, also when the caller runs inside an event loop
     (a benchmark or an async test calling ``streamrec train``'s tuning): then it runs on a
     thread of its own, since a running loop cannot be re-entered."""
-    coro = served_lists(*args, **kwargs)  # type: ignore[arg-type]
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def served_lists_sync(*args: object, **kwargs: object) -> list[list[str]]:
+    """``served_lists`` from synchronous code (see ``run_sync``)."""
+    return run_sync(served_lists(*args, **kwargs))  # type: ignore[arg-type]
 
 
 def neural_lists(model: ServingModel, pairs: TestPairs, *, k: int) -> list[list[str]]:

@@ -1,8 +1,8 @@
 """One micro-batch of valid events in, one Recommendation per event out. No Kafka in here.
 
 Per batch, whatever its size: one pipelined Redis round trip (read + update every user's
-state), one FAISS search plus a vectorised co-visitation lookup for candidates, one ONNX
-Runtime call, one vectorised blend and top-K. The worker (agents.py),
+state), one FAISS search plus vectorised co-visitation and session-kNN lookups for
+candidates, one ONNX Runtime call, one vectorised blend and top-K. The worker (agents.py),
 the demo and offline replays all call ``recommend_batch``.
 """
 
@@ -18,13 +18,16 @@ from features.keys import hashes_to_u64, id_hash
 from features.store import StateStore, StateUpdate
 from features.user_state import UserState, decode_state
 from models.covisit import covisit_candidates, covisit_scores
-from models.serving import ServingModel
+from models.serving import BlendWeights, ServingModel
+from models.session_knn import knn_scores
 from models.topk import top_k_excluding
 from topics.events import EventType, UserEvent
 from topics.recommendations import Recommendation
 
 # Share of the newest item (vs the long-term vector) in the retrieval query.
 LAST_ITEM_SHARE = 0.7
+# Best session-kNN items added to each row's candidates.
+KNN_CANDIDATES = 50
 
 
 @dataclass(slots=True)
@@ -50,12 +53,14 @@ class BatchArrays:
     user_vec: float32[B, D]
     last:     int64[B]     index of the newest known recent item, 0 if none
     seen:     list of B sets of item indices seen in the current session
+    session_len: int64[B]  how many of ``recent``'s newest columns are the current session
     """
 
     recent: np.ndarray
     user_vec: np.ndarray
     last: np.ndarray
     seen: list[set[int]]
+    session_len: np.ndarray
 
 
 def build_arrays(states: list[UserState], model: ServingModel) -> BatchArrays:
@@ -79,7 +84,8 @@ def build_arrays(states: list[UserState], model: ServingModel) -> BatchArrays:
         seen.append({int(x) for x in newest_first[: s.n_session] if x > 0})
         if s.vector.shape[0] == d and s.space_id == model.space_id:
             user_vec[i] = s.vector
-    return BatchArrays(recent, user_vec, last, seen)
+    session_len = np.minimum(np.array([s.n_session for s in states], dtype=np.int64), r)
+    return BatchArrays(recent, user_vec, last, seen, session_len)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -143,46 +149,100 @@ def state_updates(events: list[UserEvent], model: ServingModel) -> tuple[list[St
     return updates, unknown
 
 
-async def recommend_batch(
+@dataclass(slots=True)
+class Signals:
+    """Ranking signals of a batch's candidates, each ``float32[B, C]``; None = not computed
+    (its blend weight is 0). ``neural`` is the ONNX ranker's logit; the others are raw scores
+    that ``blend_scores`` compresses with log1p."""
+
+    neural: np.ndarray
+    covisit: np.ndarray | None = None
+    knn: np.ndarray | None = None
+    online: np.ndarray | None = None
+
+
+def blend_scores(signals: Signals, weights: BlendWeights) -> np.ndarray:
+    """``float32[B, C]`` served score (formula: models.serving.BlendWeights)."""
+    score = np.float32(weights.neural) * signals.neural
+    for name in ("covisit", "knn", "online"):
+        w, values = getattr(weights, name), getattr(signals, name)
+        if w and values is not None:
+            score = score + np.float32(w) * np.log1p(values)
+    return score.astype(np.float32)
+
+
+@dataclass(slots=True)
+class ScoredBatch:
+    """A batch after state, retrieval and scoring, before blending and top-K: what the
+    validation-time tuning captures to try many blends without replaying again."""
+
+    arrays: BatchArrays
+    candidates: np.ndarray  # int64[B, C]
+    signals: Signals
+    stage_ms: dict[str, float]
+    unknown_items: int
+
+
+async def score_batch(
     triggers: list[Trigger],
     store: StateStore,
     model: ServingModel,
     *,
     k: int,
     n_candidates: int,
-    clock: Callable[[], float] = time.time,
-) -> BatchResult:
-    """Update state for every trigger and return one Recommendation per trigger, in order."""
-    if not triggers:
-        return BatchResult([])
+    every_signal: bool = False,
+) -> ScoredBatch:
+    """Update state for every trigger, gather candidates from every source in use and
+    compute their signals: one Redis round trip, one FAISS search, one ONNX call. Signals
+    (and their candidate sources) whose blend weight is 0 are skipped unless
+    ``every_signal``."""
     stage: dict[str, float] = {}
-    events = [t.event for t in triggers]
-
+    weights = model.blend
     t0 = time.perf_counter()
-    updates, unknown = state_updates(events, model)
+    updates, unknown = state_updates([t.event for t in triggers], model)
     blobs = await store.apply_batch(updates)
     states = [decode_state(b) for b in blobs]
     t1 = time.perf_counter()
     stage["state"] = (t1 - t0) * 1000
 
     arrays = build_arrays(states, model)
-    cands = candidates_for(arrays, model, max(n_candidates, k + model.max_recent))
-    use_covisit = model.covisit_blend > 0 and model.covisit_neighbours.shape[1] > 0
+    parts = [candidates_for(arrays, model, max(n_candidates, k + model.max_recent))]
+    use_covisit = (every_signal or weights.covisit > 0) and model.covisit_neighbours.shape[1] > 0
     if use_covisit:
-        cands = np.concatenate([cands, covisit_candidates(arrays.recent, model.covisit_neighbours)],
-                               axis=1)  # fmt: skip
+        parts.append(covisit_candidates(arrays.recent, model.covisit_neighbours))
+    knn = None
+    if every_signal or weights.knn > 0:
+        knn = knn_scores(model.session_index, arrays.recent, arrays.session_len)
+        parts.append(knn.top(KNN_CANDIDATES))
+    cands = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     t2 = time.perf_counter()
     stage["retrieval"] = (t2 - t1) * 1000
 
-    scores = model.scorer.score(arrays.recent, arrays.user_vec, cands)
+    signals = Signals(model.scorer.score(arrays.recent, arrays.user_vec, cands))
     if use_covisit:
-        covis = covisit_scores(arrays.recent, cands, model.covisit_neighbours,
-                               model.covisit_weights)  # fmt: skip
-        scores = scores + np.float32(model.covisit_blend) * np.log1p(covis)
-    t3 = time.perf_counter()
-    stage["scoring"] = (t3 - t2) * 1000
+        signals.covisit = covisit_scores(arrays.recent, cands, model.covisit_neighbours,
+                                         model.covisit_weights)  # fmt: skip
+    if knn is not None:
+        signals.knn = knn.lookup(cands)
+    stage["scoring"] = (time.perf_counter() - t2) * 1000
+    return ScoredBatch(arrays, cands, signals, stage, unknown)
 
-    ranked_items, ranked_scores = top_k_excluding(np.round(scores, 5), cands, arrays.seen, k)
+
+def rank_batch(
+    triggers: list[Trigger],
+    scored: ScoredBatch,
+    model: ServingModel,
+    *,
+    k: int,
+    clock: Callable[[], float] = time.time,
+) -> BatchResult:
+    """Blend the signals, take the top-K unseen items and build one Recommendation per
+    trigger, in order."""
+    t3 = time.perf_counter()
+    scores = blend_scores(scored.signals, model.blend)
+    ranked_items, ranked_scores = top_k_excluding(
+        np.round(scores, 5), scored.candidates, scored.arrays.seen, k
+    )
     now_ms = clock() * 1000
     recs: list[Recommendation] = []
     item_ids = model.item_ids
@@ -202,5 +262,22 @@ async def recommend_batch(
                 latency_ms=round(max(0.0, now_ms - t.sent_ms), 3),
             )
         )
+    stage = dict(scored.stage_ms)
     stage["rank"] = (time.perf_counter() - t3) * 1000
-    return BatchResult(recs, stage, unknown)
+    return BatchResult(recs, stage, scored.unknown_items)
+
+
+async def recommend_batch(
+    triggers: list[Trigger],
+    store: StateStore,
+    model: ServingModel,
+    *,
+    k: int,
+    n_candidates: int,
+    clock: Callable[[], float] = time.time,
+) -> BatchResult:
+    """Update state for every trigger and return one Recommendation per trigger, in order."""
+    if not triggers:
+        return BatchResult([])
+    scored = await score_batch(triggers, store, model, k=k, n_candidates=n_candidates)
+    return rank_batch(triggers, scored, model, k=k, clock=clock)

@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from models.blend_search import search_blend
 from models.bundle import derive_bundle, promote
 from models.evaluation import hit_rate_at_k, mrr_at_k
 from models.export import train_bundle
 from models.ranker import SessionRanker
-from models.serving import ServingModel
+from models.serving import BlendWeights, ServingModel
 from models.training import TrainConfig, build_sessions, predict_top_k
 from topics.datasets import split_train_valid_test
 from topics.events import UserEvent
@@ -23,7 +22,8 @@ EVAL_K = 20
 VALID_DAYS = 7.0
 EXAMPLE_BUDGET = 600_000
 MIN_EPOCHS = 1
-BLEND_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# Validation is widened back to at least this many events when VALID_DAYS hold fewer.
+MIN_VALID_EVENTS = 2000
 
 
 def _day(ms: int) -> str:
@@ -66,8 +66,8 @@ def train_and_promote(
 ) -> Path:
     """Train on ``train`` (item events), write a bundle under ``model_root`` and, unless told
     otherwise, make it the current one. With ``valid`` (later events than ``train``), the
-    ranker's held-out metrics are recorded and the co-visitation blend is tuned on it through
-    the serving path; the bundle written then carries the tuned value."""
+    ranker's held-out metrics are recorded and the blend of ranking signals is tuned on it
+    through the serving path; the bundle written then carries the tuned weights."""
     item_events = [e for e in train if e.item_id is not None]
     if not item_events:
         raise ValueError("no item events to train on")
@@ -112,9 +112,9 @@ def train_and_promote(
         evaluate=evaluate,
     )
     if valid:
-        blend, scores = tune_covisit_blend(path, train, valid)
-        if scores:
-            tuned = derive_bundle(path, {"covisit_blend": blend, "covisit_tuning": scores})
+        blend, summary = tune_blend(path, train, valid)
+        if summary:
+            tuned = derive_bundle(path, {"blend": blend.to_dict(), "blend_tuning": summary})
             shutil.rmtree(path)  # never promoted: the tuned copy replaces it
             path = tuned
     if make_current:
@@ -122,29 +122,22 @@ def train_and_promote(
     return path
 
 
-def tune_covisit_blend(
+def tune_blend(
     path: Path, train: list[UserEvent], valid: list[UserEvent]
-) -> tuple[float, dict[str, float]]:
-    """The co-visitation blend with the best validation HR@20 (then MRR@20) of the served
-    ranking; returns it and every tried value's HR@20 (empty when valid has no pairs)."""
-    from stream.evaluate import build_test_pairs, score_lists, served_lists_sync
+) -> tuple[BlendWeights, dict[str, float]]:
+    """The blend of ranking signals with the best validation HR@20 + MRR@20 of the served
+    ranking (models/blend_search.py): the validation period is replayed once through the
+    serving code, warmed with ``train``. Returns the bundle's own blend and an empty summary
+    when ``valid`` has no examples."""
+    from stream.evaluate import build_test_pairs, run_sync, served_signals
 
     model = ServingModel.load(path)
     known = {e.item_id for e in train if e.item_id is not None}
     pairs = build_test_pairs(valid, known)
     if not len(pairs):
-        return model.covisit_blend, {}
-    catalogue = sorted(known)
-    popularity = np.zeros(len(catalogue) + 1)
-    best: tuple[float, float, float] = (-1.0, -1.0, model.covisit_blend)
-    tried: dict[str, float] = {}
-    for blend in BLEND_GRID:
-        model.covisit_blend = blend
-        lists = served_lists_sync(model, train, valid, pairs, k=EVAL_K)
-        m = score_lists(lists, pairs, catalogue, popularity, (EVAL_K,))
-        tried[f"{blend:g}"] = m[f"HR@{EVAL_K}"]
-        best = max(best, (m[f"HR@{EVAL_K}"], m[f"MRR@{EVAL_K}"], blend))
-    return best[2], tried
+        return model.blend, {}
+    data = run_sync(served_signals(model, train, valid, pairs, k=EVAL_K))
+    return search_blend(data, EVAL_K)
 
 
 def train_from_file(
@@ -159,7 +152,8 @@ def train_from_file(
 ) -> Path:
     """``streamrec train``: a file (DIGINETICA views or canonical JSONL), a ready-made dataset,
     or by default the DIGINETICA sample. The last ``test_days`` are held out, the
-    ``VALID_DAYS`` before them tune the co-visitation blend, the rest trains."""
+    ``VALID_DAYS`` before them (widened to ``MIN_VALID_EVENTS``) tune the blend of ranking
+    signals, the rest trains."""
     from stream.demo import dataset_path
     from stream.import_job import load_events_file
     from topics.loaders import load_dataset
@@ -173,7 +167,9 @@ def train_from_file(
         events, report = load_events_file(path)
     if report.bad_rows:
         print(f"{report.bad_rows} of {report.rows} rows could not be read ({report.first_error})")
-    train, valid, _ = split_train_valid_test(events, test_days, VALID_DAYS)
+    train, valid, _ = split_train_valid_test(
+        events, test_days, VALID_DAYS, min_valid_events=MIN_VALID_EVENTS
+    )
     return train_and_promote(
         train,
         out,

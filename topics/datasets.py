@@ -244,6 +244,9 @@ def load_diginetica_views(path: Path) -> tuple[list[UserEvent], LoadReport]:
     return events, report
 
 
+DAY_MS = 24 * 3600 * 1000
+
+
 def split_by_time(
     events: list[UserEvent], test_days: float
 ) -> tuple[list[UserEvent], list[UserEvent]]:
@@ -263,14 +266,29 @@ def split_by_time(
 
 
 def split_train_valid_test(
-    events: list[UserEvent], test_days: float, valid_days: float
+    events: list[UserEvent],
+    test_days: float,
+    valid_days: float,
+    *,
+    min_valid_events: int = 0,
+    max_valid_share: float = 0.3,
 ) -> tuple[list[UserEvent], list[UserEvent], list[UserEvent]]:
     """The evaluation protocol's split: test = sessions starting in the last ``test_days``;
     validation = sessions starting in the last ``valid_days`` before that (carved from the
     training period, for choices); train = the rest. Sessions stay whole and belong to the
-    split their first event falls in, so no session straddles two splits."""
+    split their first event falls in, so no session straddles two splits.
+
+    A sparse period can leave a few dozen validation events, too few to choose anything
+    with; with ``min_valid_events`` the validation period is widened back in time until it
+    holds about that many events, but never beyond ``max_valid_share`` of the events before
+    test (training keeps the rest)."""
     before_test, test = split_by_time(events, test_days)
     if not before_test or valid_days <= 0:
         return before_test, [], test
+    wanted = min(min_valid_events, int(max_valid_share * len(before_test)))
+    if wanted > 0:
+        stamps = sorted(e.timestamp_ms for e in before_test)
+        widest = (stamps[-1] - stamps[-wanted]) / DAY_MS
+        valid_days = max(valid_days, widest)
     train, valid = split_by_time(before_test, valid_days)
     return train, valid, test

@@ -37,6 +37,19 @@ def test_no_test_event_precedes_a_training_event() -> None:
     assert max(e.timestamp_ms for e in before) < min(e.timestamp_ms for e in after)
 
 
+def test_a_sparse_validation_period_is_widened_within_its_share() -> None:
+    # One single-event session per day over 100 days; the test is the last 10.
+    events = [ev(f"e{d}", f"s{d}", f"i{d % 7}", d * DAY) for d in range(100)]
+    train, valid, _ = split_train_valid_test(events, 10, 3)
+    assert len(valid) == 4  # days 85-88: the cut is inclusive
+    train, valid, _ = split_train_valid_test(events, 10, 3, min_valid_events=20)
+    assert len(valid) == 20 and len(train) == 69
+    assert max(e.timestamp_ms for e in train) < min(e.timestamp_ms for e in valid)
+    # Never more than max_valid_share of the 89 events before test: 0.3 -> 26.
+    _, valid, _ = split_train_valid_test(events, 10, 3, min_valid_events=80)
+    assert len(valid) == 26
+
+
 def test_pairs_drop_unseen_targets_and_re_views() -> None:
     test = [
         ev("1", "s", "a", 1),

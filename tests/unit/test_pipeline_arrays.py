@@ -9,6 +9,8 @@ import numpy as np
 from features.keys import id_hash, item_hashes_u64
 from features.user_state import UserState
 from models.retrieval import Retriever
+from models.serving import BlendWeights
+from models.session_knn import SessionIndex
 from stream.pipeline import build_arrays, candidates_for, retrieval_queries, state_updates
 from topics.events import EventType, UserEvent
 
@@ -37,7 +39,8 @@ def fake_model(max_recent: int = 4) -> SimpleNamespace:
         popular=np.array([3, 1, 2, 4, 5], np.int64),
         retriever=Retriever.build(emb),
         event_weights={"view": 1.0, "purchase": 3.0},
-        covisit_blend=0.0,
+        blend=BlendWeights(),
+        session_index=SessionIndex.empty(len(ITEMS)),
         covisit_neighbours=np.zeros((6, 0), np.int64),
         covisit_weights=np.zeros((6, 0), np.float32),
     )

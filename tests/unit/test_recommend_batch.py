@@ -96,7 +96,7 @@ async def test_covisitation_adds_candidates_and_lifts_their_scores() -> None:
     model.covisit_weights[1, 0] = 1000.0
     event = UserEvent("1", EventType.VIEW, "u1", "s1", 1, item_id="a")
     without = await recommend_batch([Trigger(event, 0.0)], store, model, k=1, n_candidates=2)
-    model.covisit_blend = 2.0
+    model.blend.covisit = 2.0
     store2 = InMemoryStateStore(namespace="t", half_life_ms=1e9, max_recent=4, space_id=5)
     with_covis = await recommend_batch([Trigger(event, 0.0)], store2, model, k=1, n_candidates=2)
     assert without.recommendations[0].items == ["b"]
@@ -113,3 +113,18 @@ async def test_served_lists_sync_works_inside_a_running_loop() -> None:
     pairs = build_test_pairs(test, {"a", "b", "c"})
     lists = served_lists_sync(model, [], test, pairs, k=2)  # called from a coroutine
     assert len(lists) == 1 and lists[0][0] == "b" and "a" not in lists[0]  # b: nearest to a
+
+
+async def test_session_knn_adds_candidates_and_lifts_their_scores() -> None:
+    from models.session_knn import SessionIndex
+
+    model, store = model_and_store()
+    # Training sessions where "a" (1) was viewed with "e" (5), far from "a" in embedding space.
+    model.session_index = SessionIndex.build([[1, 5], [5, 1], [1, 5, 4]], 5)
+    event = UserEvent("1", EventType.VIEW, "u1", "s1", 1, item_id="a")
+    without = await recommend_batch([Trigger(event, 0.0)], store, model, k=1, n_candidates=2)
+    model.blend.knn = 8.0
+    store2 = InMemoryStateStore(namespace="t", half_life_ms=1e9, max_recent=4, space_id=5)
+    with_knn = await recommend_batch([Trigger(event, 0.0)], store2, model, k=1, n_candidates=2)
+    assert without.recommendations[0].items == ["b"]
+    assert with_knn.recommendations[0].items == ["e"]
