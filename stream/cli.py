@@ -86,14 +86,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from stream.import_job import load_events_file
-    from stream.replay_job import run_replay
+    from stream.replay import check_range, parse_bound
+    from stream.replay_job import run_replay, run_topic_replay
     from topics.loaders import load_dataset
 
-    if bool(args.data) == bool(args.dataset):
-        print("give one of --data FILE or --dataset NAME")
+    report = Path(args.report) if args.report else None
+    if sum(bool(x) for x in (args.data, args.dataset, args.topic)) != 1:
+        print("give one of --data FILE, --dataset NAME or --topic TOPIC --from A --to B")
+        return 2
+    if args.topic:
+        if args.from_ is None or args.to is None:
+            print("--topic needs --from and --to (earliest, latest, offset:N, epoch ms, ISO time)")
+            return 2
+        try:
+            start, stop = parse_bound(args.from_), parse_bound(args.to)
+            check_range(start, stop)
+        except ValueError as err:
+            print(err)
+            return 2
+        return run_topic_replay(
+            args.topic,
+            start,
+            stop,
+            out=Path(args.out),
+            rate=args.rate,
+            settings=load_settings(),
+            report=report,
+        )
+    if args.from_ is not None or args.to is not None:
+        print("--from/--to select a range of --topic; a file is replayed whole")
         return 2
     events, _ = load_dataset(args.dataset) if args.dataset else load_events_file(Path(args.data))
-    return run_replay(events, out=Path(args.out), rate=args.rate, settings=load_settings())
+    return run_replay(
+        events, out=Path(args.out), rate=args.rate, settings=load_settings(), report=report
+    )
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -158,10 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=_cmd_evaluate)
 
-    rp = sub.add_parser("replay", help="replay events through Kafka and a worker; write recs")
+    rp = sub.add_parser(
+        "replay", help="replay events (a file or a topic range) through Kafka and a worker"
+    )
     rp.add_argument("--data", help="DIGINETICA views or canonical JSONL events file")
     rp.add_argument("--dataset", help="a ready-made dataset instead")
+    rp.add_argument(
+        "--topic", help="re-read a range of this existing topic instead (name as given)"
+    )
+    rp.add_argument(
+        "--from",
+        dest="from_",
+        metavar="FROM",
+        help="range start, inclusive: earliest, offset:N, epoch ms or ISO-8601 record time",
+    )
+    rp.add_argument(
+        "--to", help="range end, exclusive: latest, offset:N, epoch ms or ISO-8601 record time"
+    )
     rp.add_argument("--out", default="recs.jsonl", help="JSON lines of every recommendation")
+    rp.add_argument("--report", help="also write the counts and HR/MRR/NDCG as JSON here")
     rp.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
     rp.set_defaults(func=_cmd_replay)
 

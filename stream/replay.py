@@ -1,22 +1,29 @@
 """Replays events into the events topic and collects what the worker publishes back.
 
-Used by ``streamrec demo`` and by the integration tests, so both measure the real path:
-aiokafka producer -> broker -> worker -> broker -> aiokafka consumer.
+Used by ``streamrec demo``, ``streamrec replay`` and by the integration tests, so all measure
+the real path: aiokafka producer -> broker -> worker -> broker -> aiokafka consumer. The
+second half reads a range of an existing (production) topic for ``streamrec replay --topic``:
+read-only, with a consumer of its own that never commits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
 from stream.kafka_admin import create_topics, delete_topics
@@ -264,3 +271,236 @@ async def replay_messages(
     collected.recommendations.pop(PROBE_ID, None)
     collected.keys.pop(PROBE_ID, None)
     return collected, start
+
+
+# --- A range of a live topic (``streamrec replay --topic T --from A --to B``) -----------------
+
+BoundKind = Literal["earliest", "latest", "offset", "time"]
+# Bare integers below this are refused as times: 1e11 ms is March 1973, so a small number is
+# far more likely an offset or seconds typed by mistake than a real record time.
+MIN_EPOCH_MS = 100_000_000_000
+_DIGITS = re.compile(r"[0-9]+")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeBound:
+    """One end of a topic range: ``earliest`` / ``latest`` (the log's start / its end when
+    the replay starts), ``offset:N`` (that offset on every partition) or a record time in
+    epoch ms (Kafka record timestamps, resolved per partition with ``offsets_for_times``)."""
+
+    kind: BoundKind
+    value: int = 0
+
+    def __str__(self) -> str:
+        if self.kind in ("earliest", "latest"):
+            return self.kind
+        if self.kind == "offset":
+            return f"offset:{self.value}"
+        when = datetime.fromtimestamp(self.value / 1000, tz=UTC)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_bound(text: str) -> RangeBound:
+    """Parse a ``--from`` / ``--to`` value: ``earliest``, ``latest``, ``offset:N``, epoch ms
+    (``1795132800000``) or ISO-8601 (``2026-11-20T00:00:00Z``; no offset means UTC). Raises
+    ``ValueError`` with a message that names the accepted forms, for the CLI to print."""
+    spec = text.strip()
+    forms = "earliest, latest, offset:N, epoch ms or an ISO-8601 time"
+    if not spec:
+        raise ValueError(f"empty range bound; give one of {forms}")
+    low = spec.lower()
+    if low == "earliest":
+        return RangeBound("earliest")
+    if low == "latest":
+        return RangeBound("latest")
+    if low.startswith("offset:"):
+        number = spec[len("offset:") :].strip()
+        if not _DIGITS.fullmatch(number):
+            raise ValueError(f"{text!r}: an offset is a whole number >= 0 (offset:1200)")
+        return RangeBound("offset", int(number))
+    if _DIGITS.fullmatch(spec):
+        ms = int(spec)
+        if ms < MIN_EPOCH_MS:
+            raise ValueError(
+                f"{text!r} is too small for epoch milliseconds (before 1973); "
+                f"for an offset write offset:{spec}, for seconds multiply by 1000"
+            )
+        return RangeBound("time", ms)
+    try:
+        when = datetime.fromisoformat(spec)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a range bound; give one of {forms}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    # Integer arithmetic: float seconds * 1000 can land a millisecond short.
+    ms = (when - _EPOCH) // timedelta(milliseconds=1)
+    if ms < 0:  # Kafka reads timestamps -1 / -2 as "latest" / "earliest"
+        raise ValueError(f"{text!r} is before 1970: no Kafka record has such a time")
+    return RangeBound("time", ms)
+
+
+def check_range(start: RangeBound, stop: RangeBound) -> None:
+    """Refuse ranges that are empty by construction (``--from latest``, ``--to earliest``) or
+    reversed (both times or both offsets, FROM after TO): a typo there would otherwise start a
+    worker to replay nothing. Raises ``ValueError``."""
+    if start.kind == "latest":
+        raise ValueError("--from latest is always empty: the range ends at the latest offset")
+    if stop.kind == "earliest":
+        raise ValueError("--to earliest is always empty: the range starts at the earliest offset")
+    if start.kind == stop.kind and start.value > stop.value:
+        raise ValueError(f"--from {start} is after --to {stop}")
+
+
+def bound_offset(bound: RangeBound, *, beginning: int, end: int, time_offset: int | None) -> int:
+    """The offset ``bound`` means on one partition whose log spans ``[beginning, end)``;
+    ``time_offset`` is what ``offsets_for_times`` answered for a time bound (``None``: no
+    record at or after that time, so the end). Always clamped into the log, so a range never
+    waits for records that do not exist or asks for ones retention already deleted."""
+    if bound.kind == "earliest":
+        offset = beginning
+    elif bound.kind == "latest":
+        offset = end
+    elif bound.kind == "offset":
+        offset = bound.value
+    else:
+        offset = end if time_offset is None else time_offset
+    return min(max(offset, beginning), end)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One record read from the source topic, kept raw: it is validated by the caller and
+    forwarded byte for byte, so the replay's worker sees what production's saw."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class TopicRange:
+    """What ``read_topic_range`` read: per partition ``[start, stop)`` offsets and records."""
+
+    topic: str
+    ranges: dict[int, tuple[int, int]]
+    records: dict[int, list[SourceRecord]]
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.records.values())
+
+
+class TopicRangeError(RuntimeError):
+    """The range cannot be read (no such topic, or reading stalled); the message says why."""
+
+
+def merge_partitions(records: dict[int, list[SourceRecord]]) -> list[SourceRecord]:
+    """All partitions in one list, by record time. ``heapq.merge`` only ever takes the head of
+    a partition, so each partition keeps its offset order (one user's events stay in the order
+    production processed them) even where its record times are not monotonic."""
+    return list(heapq.merge(*records.values(), key=lambda r: r.timestamp_ms))
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition ids of an existing ``topic``; ``TopicRangeError`` when it does not exist.
+    Asked of the admin API because a consumer only knows partitions of topics it assigned or
+    subscribed, and existence is checked first so that the lookup can never auto-create it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            raise TopicRangeError(f"no topic {topic!r} on {bootstrap}")
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for t in described:
+        if t["topic"] == topic and t["error_code"] == 0 and t["partitions"]:
+            return sorted(int(p["partition"]) for p in t["partitions"])
+    raise TopicRangeError(f"no partition metadata for {topic!r} on {bootstrap}: {described}")
+
+
+async def _time_offsets(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], bound: RangeBound
+) -> dict[TopicPartition, int | None]:
+    if bound.kind != "time" or not tps:
+        return {}
+    found = await consumer.offsets_for_times({tp: bound.value for tp in tps})
+    return {tp: (hit.offset if hit is not None else None) for tp, hit in found.items()}
+
+
+async def read_topic_range(
+    bootstrap: str,
+    topic: str,
+    start: RangeBound,
+    stop: RangeBound,
+    *,
+    group_id: str,
+    idle_timeout_s: float = 30.0,
+) -> TopicRange:
+    """Read ``[start, stop)`` of every partition of ``topic`` with a plain consumer:
+    ``assign()`` + ``seek()``, never a subscription, and auto-commit off with no commit
+    anywhere, so ``group_id`` (the replay's own) never gets offsets and no production group's
+    offsets move. ``latest`` is the end of each partition when the read starts, so a live topic
+    cannot keep the replay going. Raises ``TopicRangeError`` for a missing topic, or when no
+    record arrived for ``idle_timeout_s`` while partitions were still short of their end."""
+    partitions = await topic_partitions(bootstrap, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        beginning = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        start_times = await _time_offsets(consumer, tps, start)
+        stop_times = await _time_offsets(consumer, tps, stop)
+        ranges: dict[int, tuple[int, int]] = {}
+        for tp in tps:
+            b, e = beginning[tp], end[tp]
+            first = bound_offset(start, beginning=b, end=e, time_offset=start_times.get(tp))
+            last = bound_offset(stop, beginning=b, end=e, time_offset=stop_times.get(tp))
+            ranges[tp.partition] = (first, max(first, last))
+        records: dict[int, list[SourceRecord]] = {p: [] for p in partitions}
+        # Partition -> end offset (exclusive) of those with something to read.
+        active = {
+            tp: ranges[tp.partition][1]
+            for tp in tps
+            if ranges[tp.partition][1] > ranges[tp.partition][0]
+        }
+        if active:
+            consumer.assign(list(active))
+            for tp in active:
+                consumer.seek(tp, ranges[tp.partition][0])
+        last_progress = time.monotonic()
+        while active:
+            batches = await consumer.getmany(*active, timeout_ms=500, max_records=5000)
+            for tp, batch in batches.items():
+                end_offset = active.get(tp)
+                if end_offset is None:
+                    continue
+                records[tp.partition].extend(
+                    SourceRecord(tp.partition, r.offset, r.timestamp, r.key, r.value)
+                    for r in batch
+                    if r.offset < end_offset
+                )
+            if batches:
+                last_progress = time.monotonic()
+            for tp in list(active):
+                if await consumer.position(tp) >= active[tp]:
+                    consumer.pause(tp)
+                    del active[tp]
+            if active and time.monotonic() - last_progress > idle_timeout_s:
+                short = {tp.partition: await consumer.position(tp) for tp in active}
+                raise TopicRangeError(
+                    f"{topic}: no record for {idle_timeout_s:.0f} s with partitions short of "
+                    f"their end (partition: position {short}, ranges {ranges})"
+                )
+        return TopicRange(topic, ranges, records)
+    finally:
+        await consumer.stop()
