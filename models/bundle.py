@@ -97,6 +97,7 @@ def write_bundle(
     version: str | None = None,
     retriever: Retriever | None = None,
     covisit: tuple[np.ndarray, np.ndarray] | None = None,
+    sequential: tuple[np.ndarray, np.ndarray] | None = None,
     session_index: SessionIndex | None = None,
 ) -> Path:
     """Write ``<root>/<version>/`` atomically and return its path.
@@ -146,7 +147,9 @@ def write_bundle(
         (tmp / METADATA_FILE).write_bytes(orjson.dumps(meta, option=_JSON_OPTS))
         names = list(FILES)
         if covisit is not None:
-            np.savez(tmp / COVISIT_FILE, neighbours=covisit[0], weights=covisit[1])
+            seq = sequential or (covisit[0][:, :0], covisit[1][:, :0])
+            np.savez(tmp / COVISIT_FILE, neighbours=covisit[0], weights=covisit[1],
+                     seq_neighbours=seq[0], seq_weights=seq[1])  # fmt: skip
             names.append(COVISIT_FILE)
         if session_index is not None:
             if session_index.n_items != n:
@@ -203,6 +206,9 @@ class Bundle:
     # Co-visitation (models/covisit.py): int64 / float32 [N + 1, M]; M = 0 when absent.
     covisit_neighbours: np.ndarray
     covisit_weights: np.ndarray
+    # Sequential rules (forward only, scored from the newest item), same layout; M may be 0.
+    sequential_neighbours: np.ndarray
+    sequential_weights: np.ndarray
     # Training sessions for session kNN; None when the bundle has none.
     session_index: SessionIndex | None = None
 
@@ -231,11 +237,15 @@ class Bundle:
             raise ModelError(f"{path}: duplicate item ids (or a 64-bit hash collision)")
         neighbours = np.zeros((n + 1, 0), dtype=np.int64)
         weights = np.zeros((n + 1, 0), dtype=np.float32)
+        seq_neighbours, seq_weights = neighbours, weights
         if (path / COVISIT_FILE).is_file():
             with np.load(path / COVISIT_FILE, allow_pickle=False) as covisit:
                 neighbours, weights = covisit["neighbours"], covisit["weights"]
-            if neighbours.shape != weights.shape or neighbours.shape[0] != n + 1:
-                raise ModelError(f"{path}: co-visitation shape {neighbours.shape}, N={n}")
+                if "seq_neighbours" in covisit:
+                    seq_neighbours, seq_weights = covisit["seq_neighbours"], covisit["seq_weights"]
+            for nb, wt in ((neighbours, weights), (seq_neighbours, seq_weights)):
+                if nb.shape != wt.shape or nb.shape[0] != n + 1:
+                    raise ModelError(f"{path}: co-visitation shape {nb.shape}, N={n}")
         session_index = None
         if (path / KNN_FILE).is_file():
             try:
@@ -253,6 +263,8 @@ class Bundle:
             _sorted_indices=(order + 1).astype(np.int64),
             covisit_neighbours=neighbours.astype(np.int64),
             covisit_weights=weights.astype(np.float32),
+            sequential_neighbours=seq_neighbours.astype(np.int64),
+            sequential_weights=seq_weights.astype(np.float32),
             session_index=session_index,
         )
 

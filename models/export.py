@@ -31,6 +31,8 @@ from models.training import TrainConfig, train_ranker
 # Weight of log(1 + co-visitation) added to the ranker's logit; tuned on validation data by
 # `streamrec train` / `streamrec evaluate` when they have some (stream/train_job.py).
 DEFAULT_COVISIT_BLEND = 1.0
+# Sequential rules (SR, Kamehkhosh et al. 2017): items up to this many steps after another.
+SEQUENTIAL_WINDOW = 10
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -127,7 +129,7 @@ def train_bundle(
         n_train_pairs=sum(max(len(s) - 1, 0) for s in sessions),
         train_seconds=round(train_seconds, 2),
         half_life_ms=cfg.half_life_ms,
-        blend={"neural": 1.0, "covisit": DEFAULT_COVISIT_BLEND, "knn": 0.0, "online": 0.0},
+        blend={"neural": 1.0, "covisit": DEFAULT_COVISIT_BLEND},
         event_weights=dict(cfg.event_weights),
         metrics=dict(metrics or {}),
         torch_version=torch.__version__,
@@ -152,5 +154,8 @@ def train_bundle(
             version=version,
             retriever=Retriever.build(embeddings),
             covisit=build_covisitation(sessions, len(item_ids)),
+            sequential=build_covisitation(
+                sessions, len(item_ids), window=SEQUENTIAL_WINDOW, back_weight=0.0
+            ),
             session_index=SessionIndex.build(sessions, len(item_ids)),
         )

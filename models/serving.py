@@ -22,8 +22,8 @@ DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "click": 1.0, "add_to_cart": 2.0, "purchas
 class BlendWeights:
     """How the served score combines the ranking signals of a candidate:
 
-    ``neural * logit + covisit * log1p(co-visitation) + knn * log1p(session kNN)
-    + online * log1p(online co-visitation)``
+    ``neural * logit + covisit * log1p(co-visitation) + sequential * log1p(sequential rules)
+    + knn * log1p(session kNN) + online * log1p(online co-visitation)``
 
     Chosen per model on the validation period (stream/train_job.py) and recorded in the
     bundle's metadata under ``blend``; a signal weighted 0 is not computed at serving time.
@@ -31,6 +31,7 @@ class BlendWeights:
 
     neural: float = 1.0
     covisit: float = 0.0
+    sequential: float = 0.0
     knn: float = 0.0
     online: float = 0.0
 
@@ -71,6 +72,8 @@ class ServingModel:
         self.half_life_ms = float(bundle.metadata.get("half_life_ms", DEFAULT_HALF_LIFE_MS))
         self.covisit_neighbours = bundle.covisit_neighbours
         self.covisit_weights = bundle.covisit_weights
+        self.sequential_neighbours = bundle.sequential_neighbours
+        self.sequential_weights = bundle.sequential_weights
         self.session_index = bundle.session_index or SessionIndex.empty(bundle.n_items)
         self.blend = BlendWeights.from_metadata(bundle.metadata)
         self.embeddings = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)

@@ -211,7 +211,8 @@ async def served_signals(
         sig = scored.signals
         for j, i in enumerate(keep):
             raw = {n: (v[i] if v is not None else None) for n, v in
-                   (("neural", sig.neural), ("covisit", sig.covisit), ("knn", sig.knn),
+                   (("neural", sig.neural), ("covisit", sig.covisit),
+                    ("sequential", sig.sequential), ("knn", sig.knn),
                     ("online", sig.online))}  # fmt: skip
             rows.append((scored.candidates[i], scored.arrays.seen[i], int(targets[j]), raw))
 

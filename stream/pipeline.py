@@ -157,6 +157,7 @@ class Signals:
 
     neural: np.ndarray
     covisit: np.ndarray | None = None
+    sequential: np.ndarray | None = None
     knn: np.ndarray | None = None
     online: np.ndarray | None = None
 
@@ -164,7 +165,7 @@ class Signals:
 def blend_scores(signals: Signals, weights: BlendWeights) -> np.ndarray:
     """``float32[B, C]`` served score (formula: models.serving.BlendWeights)."""
     score = np.float32(weights.neural) * signals.neural
-    for name in ("covisit", "knn", "online"):
+    for name in ("covisit", "sequential", "knn", "online"):
         w, values = getattr(weights, name), getattr(signals, name)
         if w and values is not None:
             score = score + np.float32(w) * np.log1p(values)
@@ -210,6 +211,9 @@ async def score_batch(
     use_covisit = (every_signal or weights.covisit > 0) and model.covisit_neighbours.shape[1] > 0
     if use_covisit:
         parts.append(covisit_candidates(arrays.recent, model.covisit_neighbours))
+    use_seq = (every_signal or weights.sequential > 0) and model.sequential_neighbours.shape[1] > 0
+    if use_seq:
+        parts.append(covisit_candidates(arrays.recent, model.sequential_neighbours, depth=1))
     knn = None
     if every_signal or weights.knn > 0:
         knn = knn_scores(model.session_index, arrays.recent, arrays.session_len)
@@ -222,6 +226,9 @@ async def score_batch(
     if use_covisit:
         signals.covisit = covisit_scores(arrays.recent, cands, model.covisit_neighbours,
                                          model.covisit_weights)  # fmt: skip
+    if use_seq:
+        signals.sequential = covisit_scores(arrays.recent, cands, model.sequential_neighbours,
+                                            model.sequential_weights, depth=1)  # fmt: skip
     if knn is not None:
         signals.knn = knn.lookup(cands)
     stage["scoring"] = (time.perf_counter() - t2) * 1000
