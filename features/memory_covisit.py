@@ -107,7 +107,6 @@ class InMemoryCovisitStore:
         if batch.is_empty:
             return empty_read(0, c.top_m)
         p = prepare(batch, c)
-        self._update(p)
         neg: list[float] = []
         members: list[int] = []
         sizes = np.zeros(p.unique_queries.size, dtype=np.int64)
@@ -117,7 +116,9 @@ class InMemoryCovisitStore:
                 neg += ranked.neg[: c.top_m]
                 members += ranked.members[: c.top_m]
                 sizes[i] = min(len(ranked.members), c.top_m)
-        return decode_read(p, _to_records(neg, members), sizes, self.trending.top(c.top_p), c.top_m)
+        read = decode_read(p, _to_records(neg, members), sizes, self.trending.top(c.top_p), c.top_m)
+        self._update(p)  # after the reads: answers never depend on the batch's own events
+        return read
 
     def _update(self, p: PreparedBatch) -> None:
         c = self.config

@@ -8,6 +8,10 @@ offline evaluation, with the same semantics and, on one machine, bit-identical w
 
 Semantics (both stores):
 
+- A batch's reads see the store as it was *before* the batch's updates: an event's answer
+  never depends on events after it that happen to share its micro-batch (in a replay of
+  history, the very next item of the session is often one of them).
+
 - A transition ``src -> dst`` adds 1 to ``dst`` in ``src``'s neighbour list and
   ``back_weight`` to ``src`` in ``dst``'s list (association, weaker). Self-transitions and
   hash 0 (the empty slot) are ignored. An interaction adds its weight to the item's trending
@@ -154,26 +158,12 @@ local counts, members, incs = ARGV[3], ARGV[4], ARGV[5]
 local keep, trim_at = tonumber(ARGV[8]), tonumber(ARGV[9])
 local ttl, top_m, top_p = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 
-local written = {}  -- key -> list as written by this batch
-
 -- The n heaviest records of the list at key.
 local function head(key, n)
-  if written[key] then return string.sub(written[key], 1, 16 * n) end
   if n == 0 then return '' end
   local part = redis.call('GETRANGE', key, 0, 16 * n - 1)
   if #part % 16 ~= 0 then return '' end
   return part
-end
-
-local done = 0
-for k = 1, n_keys do
-  local c = struct.unpack('<I4', counts, 4 * k - 3)
-  written[KEYS[1 + k]] = update(KEYS[1 + k], members, incs, done + 1, done + c, keep, trim_at, ttl)
-  done = done + c
-end
-if #ARGV[6] > 0 then
-  written[KEYS[1]] = update(KEYS[1], ARGV[6], ARGV[7], 1, #ARGV[6] / 8, tonumber(ARGV[10]),
-                            tonumber(ARGV[11]), ttl)
 end
 
 -- Reply: {record count per query ('<I4' each), top_p trending records, then the queries' top
@@ -191,6 +181,17 @@ for q = 1, n_queries do
   end
 end
 reply[1] = table.concat(sizes)
+
+-- The updates come after the reads: a batch's answers never depend on its own (later) events.
+local done = 0
+for k = 1, n_keys do
+  local c = struct.unpack('<I4', counts, 4 * k - 3)
+  update(KEYS[1 + k], members, incs, done + 1, done + c, keep, trim_at, ttl)
+  done = done + c
+end
+if #ARGV[6] > 0 then
+  update(KEYS[1], ARGV[6], ARGV[7], 1, #ARGV[6] / 8, tonumber(ARGV[10]), tonumber(ARGV[11]), ttl)
+end
 return reply
 """
 
@@ -245,7 +246,7 @@ class CovisitBatch:
     items: np.ndarray  # uint64[E] items interacted with (popularity), may repeat
     item_ms: np.ndarray  # float64[E]
     item_weight: np.ndarray  # float32[E] per-event weight (e.g. view 1, purchase 3), >= 0
-    queries: np.ndarray  # uint64[Q] items whose top neighbours to read back (after the updates)
+    queries: np.ndarray  # uint64[Q] items whose top neighbours to read (before the updates)
     now_ms: float  # reference time of the decayed weights returned
 
     @property
@@ -256,7 +257,8 @@ class CovisitBatch:
 
 @dataclass(frozen=True, slots=True)
 class CovisitRead:
-    """What a batch reads back, after its own updates."""
+    """What a batch reads back: the store as it was before the batch's own updates, so an
+    event's answer never depends on events after it in the same batch."""
 
     neighbours: np.ndarray  # uint64[Q, M] top-M neighbours per query, heaviest first, 0 = empty
     weights: np.ndarray  # float32[Q, M] decayed weights at now_ms (0 for empty slots)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from faust.types import EventT
 
+from features.online_covisit import CovisitStore
 from features.store import StateStoreError, UserStateStore
 from models.serving import ServingModel
 from stream.metrics import WorkerMetrics
@@ -65,8 +66,10 @@ class BatchHandler:
         limits: Limits,
         k: int,
         n_candidates: int,
+        online: CovisitStore | None = None,
     ) -> None:
         self.store = store
+        self.online = online
         self.model = model
         self.metrics = metrics
         self.publish = publish
@@ -118,7 +121,12 @@ class BatchHandler:
         while True:
             try:
                 result = await recommend_batch(
-                    triggers, self.store, self.model, k=self.k, n_candidates=self.n_candidates
+                    triggers,
+                    self.store,
+                    self.model,
+                    k=self.k,
+                    n_candidates=self.n_candidates,
+                    online=self.online,
                 )
                 break
             except StateStoreError as exc:
@@ -142,7 +150,12 @@ class BatchHandler:
         for t, msg in zip(triggers, sources, strict=True):
             try:
                 r = await recommend_batch(
-                    [t], self.store, self.model, k=self.k, n_candidates=self.n_candidates
+                    [t],
+                    self.store,
+                    self.model,
+                    k=self.k,
+                    n_candidates=self.n_candidates,
+                    online=self.online,
                 )
             except StateStoreError:
                 raise

@@ -8,6 +8,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
+from features.online_covisit import RedisCovisitStore
 from features.store import UserStateStore
 from models.serving import ServingModel
 from stream.agents import BatchHandler, RawMessage
@@ -71,8 +72,13 @@ def create_app(settings: Settings, model: ServingModel, metrics: WorkerMetrics) 
                 space_id=model.space_id,
             )
             await store.load_script()
+            online = None
+            if settings.online_covisit:
+                online = RedisCovisitStore(client, namespace=settings.namespace)
+                await online.load_script()
             handler_box["h"] = BatchHandler(
                 store=store,
+                online=online,
                 model=model,
                 metrics=metrics,
                 publish=publish,

@@ -28,15 +28,19 @@ from typing import Any, TypeVar
 import numpy as np
 
 from features.keys import item_hashes_u64
+from features.memory_covisit import InMemoryCovisitStore
 from features.memory_store import InMemoryStateStore
+from features.user_state import decode_state
 from models.blend_search import CapturedSignals, capture
 from models.evaluation import coverage, hit_rate_at_k, mrr_at_k, ndcg_at_k, popularity_bias
 from models.serving import ServingModel
 from models.topk import top_k_excluding
-from stream.pipeline import Trigger, recommend_batch, score_batch, state_updates
+from stream.pipeline import Trigger, online_batch, recommend_batch, score_batch, state_updates
 from topics.events import UserEvent
 
 T = TypeVar("T")
+# How far back the online co-visitation store is warmed, in its half-lives.
+ONLINE_WARM_HALF_LIVES = 10
 LENGTH_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 10**9))
 
 
@@ -134,27 +138,56 @@ async def _replay(
     model: ServingModel,
     warm: Sequence[UserEvent],
     test: Sequence[UserEvent],
-    step: Callable[[list[Trigger], InMemoryStateStore], Awaitable[None]],
+    step: Callable[[list[Trigger], InMemoryStateStore, InMemoryCovisitStore], Awaitable[None]],
     *,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Warm an in-process state store with ``warm`` (training events of the test users), then
-    hand ``test`` to ``step`` in event-time micro-batches, as the worker would see them."""
+    """Warm an in-process state store with ``warm`` (training events of the test users) and an
+    online co-visitation store with ``warm``'s recent past, then hand ``test`` to ``step`` in
+    event-time micro-batches, as the worker would see them."""
     store = InMemoryStateStore(
         namespace="eval",
         half_life_ms=model.half_life_ms,
         max_recent=model.max_recent,
         space_id=model.space_id,
     )
+    online = InMemoryCovisitStore()
     users = {e.user_id for e in test}
     for chunk in _chunks([e for e in warm if e.user_id in users], batch_size):
         updates, _ = state_updates(list(chunk), model)
         await store.apply_batch(updates)
+    if test:
+        await warm_online(online, warm, model, before_ms=min(e.timestamp_ms for e in test))
     for chunk in _chunks(test, batch_size):
-        await step([Trigger(e, float(e.timestamp_ms)) for e in chunk], store)
+        await step([Trigger(e, float(e.timestamp_ms)) for e in chunk], store, online)
         if progress is not None:
             progress(len(chunk))
+
+
+async def warm_online(
+    online: InMemoryCovisitStore,
+    events: Sequence[UserEvent],
+    model: ServingModel,
+    *,
+    before_ms: int,
+    batch_size: int = 1024,
+) -> None:
+    """Teach ``online`` the events of the ONLINE_WARM_HALF_LIVES half-lives before
+    ``before_ms`` (older ones would weigh < 0.1%), as a worker running through that period
+    would have learnt them. Sessions are followed with a scratch state store."""
+    since = before_ms - ONLINE_WARM_HALF_LIVES * online.config.half_life_ms
+    recent = [e for e in events if since <= e.timestamp_ms < before_ms]
+    scratch = InMemoryStateStore(
+        namespace="warm",
+        half_life_ms=model.half_life_ms,
+        max_recent=model.max_recent,
+        space_id=model.space_id,
+    )
+    for chunk in _chunks(recent, batch_size):
+        updates, _ = state_updates(list(chunk), model)
+        states = [decode_state(b) for b in await scratch.apply_batch(updates)]
+        await online.update_and_read(online_batch(list(chunk), states, model, read=False))
 
 
 async def served_lists(
@@ -173,8 +206,12 @@ async def served_lists(
     wanted = set(pairs.trigger_ids)
     by_trigger: dict[str, list[str]] = {}
 
-    async def step(triggers: list[Trigger], store: InMemoryStateStore) -> None:
-        result = await recommend_batch(triggers, store, model, k=k, n_candidates=n_candidates)
+    async def step(
+        triggers: list[Trigger], store: InMemoryStateStore, online: InMemoryCovisitStore
+    ) -> None:
+        result = await recommend_batch(
+            triggers, store, model, k=k, n_candidates=n_candidates, online=online
+        )
         for rec in result.recommendations:
             if rec.event_id in wanted:
                 by_trigger[rec.event_id] = rec.items
@@ -198,9 +235,17 @@ async def served_signals(
     target_of = dict(zip(pairs.trigger_ids, pairs.targets, strict=True))
     rows: list[tuple[np.ndarray, set[int], int, dict[str, np.ndarray | None]]] = []
 
-    async def step(triggers: list[Trigger], store: InMemoryStateStore) -> None:
+    async def step(
+        triggers: list[Trigger], store: InMemoryStateStore, online: InMemoryCovisitStore
+    ) -> None:
         scored = await score_batch(
-            triggers, store, model, k=k, n_candidates=n_candidates, every_signal=True
+            triggers,
+            store,
+            model,
+            k=k,
+            n_candidates=n_candidates,
+            online=online,
+            every_signal=True,
         )
         keep = [i for i, t in enumerate(triggers) if t.event.event_id in target_of]
         if not keep:

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.keys import hashes_to_u64, id_hash
+from features.online_covisit import CovisitBatch, CovisitRead, CovisitStore
 from features.store import StateStore, StateUpdate
 from features.user_state import UserState, decode_state
 from models.covisit import covisit_candidates, covisit_scores
 from models.serving import BlendWeights, ServingModel
-from models.session_knn import knn_scores
+from models.session_knn import knn_scores, sparse_lookup
 from models.topk import top_k_excluding
 from topics.events import EventType, UserEvent
 from topics.recommendations import Recommendation
@@ -28,6 +29,9 @@ from topics.recommendations import Recommendation
 LAST_ITEM_SHARE = 0.7
 # Best session-kNN items added to each row's candidates.
 KNN_CANDIDATES = 50
+# Online co-visitation is read for the session's newest ONLINE_DEPTH items (weights 1, 1/2, ..).
+ONLINE_DEPTH = 3
+_NO_ITEM = bytes(8)
 
 
 @dataclass(slots=True)
@@ -107,10 +111,14 @@ def retrieval_queries(arrays: BatchArrays, model: ServingModel) -> tuple[np.ndar
     return q, has_query
 
 
-def candidates_for(arrays: BatchArrays, model: ServingModel, n: int) -> np.ndarray:
-    """``int64[B, n]`` candidate indices: one FAISS search for all warm rows, popular for cold."""
+def candidates_for(
+    arrays: BatchArrays, model: ServingModel, n: int, popular: np.ndarray | None = None
+) -> np.ndarray:
+    """``int64[B, n]`` candidate indices: one FAISS search for all warm rows; cold rows get
+    ``popular`` (trending items from the stream) or else the training period's popular."""
     q, has_query = retrieval_queries(arrays, model)
-    cands = np.tile(model.popular[:n], (q.shape[0], 1))
+    fill = model.popular if popular is None else popular
+    cands = np.tile(fill[:n], (q.shape[0], 1))
     if cands.shape[1] < n:
         cands = np.pad(cands, ((0, 0), (0, n - cands.shape[1])))
     if has_query.any():
@@ -147,6 +155,77 @@ def state_updates(events: list[UserEvent], model: ServingModel) -> tuple[list[St
             )
         )
     return updates, unknown
+
+
+def online_batch(
+    events: list[UserEvent], states: list[UserState], model: ServingModel, *, read: bool = True
+) -> CovisitBatch:
+    """What a batch teaches the online co-visitation store and asks of it. ``states`` are the
+    states *after* each event, so an item event's item is ``recent[0]`` and the session's
+    previous item ``recent[1]``: one transition per event that continues a session. Queries:
+    each row's newest ONLINE_DEPTH session items (empty hash where the session is shorter);
+    none when not ``read`` (warming the store)."""
+    src: list[bytes] = []
+    dst: list[bytes] = []
+    t_ms: list[float] = []
+    items: list[bytes] = []
+    item_ms: list[float] = []
+    item_w: list[float] = []
+    queries: list[bytes] = []
+    for e, s in zip(events, states, strict=True):
+        n = min(s.n_session, len(s.recent))
+        if e.item_id is not None and n:
+            items.append(s.recent[0])
+            item_ms.append(float(e.timestamp_ms))
+            item_w.append(model.event_weights.get(e.event_type.value, 0.0))
+            if n >= 2:
+                src.append(s.recent[1])
+                dst.append(s.recent[0])
+                t_ms.append(float(e.timestamp_ms))
+        if read:
+            queries += [s.recent[p] if p < n else _NO_ITEM for p in range(ONLINE_DEPTH)]
+    return CovisitBatch(
+        src=hashes_to_u64(src),
+        dst=hashes_to_u64(dst),
+        transition_ms=np.array(t_ms, dtype=np.float64),
+        items=hashes_to_u64(items),
+        item_ms=np.array(item_ms, dtype=np.float64),
+        item_weight=np.array(item_w, dtype=np.float32),
+        queries=hashes_to_u64(queries),
+        now_ms=float(max(e.timestamp_ms for e in events)),
+    )
+
+
+@dataclass(slots=True)
+class OnlineNeighbours:
+    """The online store's answer in model indices.
+
+    candidates: int64[B, ONLINE_DEPTH * M]  neighbours of each row's newest items (0 = none)
+    keys, values: the per-(row, item) summed weights (newest item 1, then 1/2, 1/3), sorted
+    trending:   int64[P] known trending items, heaviest first
+    """
+
+    candidates: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+    span: int
+    trending: np.ndarray
+
+    @classmethod
+    def of(cls, read: CovisitRead, model: ServingModel, rows: int) -> OnlineNeighbours:
+        m = read.neighbours.shape[1]
+        idx = model.indices_of(read.neighbours.ravel()).reshape(rows, ONLINE_DEPTH * m)
+        depth_w = np.repeat(1.0 / np.arange(1, ONLINE_DEPTH + 1), m)
+        w = read.weights.reshape(rows, ONLINE_DEPTH * m).astype(np.float64) * depth_w
+        span = len(model.item_ids) + 1
+        key = (np.arange(rows, dtype=np.int64)[:, None] * span + idx)[idx > 0]
+        keys, inverse = np.unique(key, return_inverse=True)
+        values = np.bincount(inverse, weights=w[idx > 0], minlength=keys.size)
+        trending = model.indices_of(read.trending)
+        return cls(idx, keys, values, span, trending[trending > 0])
+
+    def lookup(self, candidates: np.ndarray) -> np.ndarray:
+        return sparse_lookup(self.keys, self.values, self.span, candidates)
 
 
 @dataclass(slots=True)
@@ -191,23 +270,41 @@ async def score_batch(
     *,
     k: int,
     n_candidates: int,
+    online: CovisitStore | None = None,
     every_signal: bool = False,
 ) -> ScoredBatch:
     """Update state for every trigger, gather candidates from every source in use and
-    compute their signals: one Redis round trip, one FAISS search, one ONNX call. Signals
-    (and their candidate sources) whose blend weight is 0 are skipped unless
-    ``every_signal``."""
+    compute their signals: one Redis round trip for user state, one for the online
+    co-visitation store (when given; it learns from every batch whatever the blend), one
+    FAISS search, one ONNX call. Signals (and their candidate sources) whose blend weight is
+    0 are skipped unless ``every_signal``."""
     stage: dict[str, float] = {}
     weights = model.blend
+    events = [t.event for t in triggers]
     t0 = time.perf_counter()
-    updates, unknown = state_updates([t.event for t in triggers], model)
+    updates, unknown = state_updates(events, model)
     blobs = await store.apply_batch(updates)
     states = [decode_state(b) for b in blobs]
     t1 = time.perf_counter()
     stage["state"] = (t1 - t0) * 1000
 
+    live: OnlineNeighbours | None = None
+    if online is not None:
+        read = await online.update_and_read(online_batch(events, states, model))
+        live = OnlineNeighbours.of(read, model, len(states))
+        t1b = time.perf_counter()
+        stage["online"] = (t1b - t1) * 1000
+        t1 = t1b
+
     arrays = build_arrays(states, model)
-    parts = [candidates_for(arrays, model, max(n_candidates, k + model.max_recent))]
+    popular = None
+    if live is not None and live.trending.size:
+        popular = np.concatenate([live.trending, model.popular])
+    n = max(n_candidates, k + model.max_recent)
+    parts = [candidates_for(arrays, model, n, popular)]
+    use_online = live is not None and (every_signal or weights.online > 0)
+    if use_online and live is not None:
+        parts.append(live.candidates)
     use_covisit = (every_signal or weights.covisit > 0) and model.covisit_neighbours.shape[1] > 0
     if use_covisit:
         parts.append(covisit_candidates(arrays.recent, model.covisit_neighbours))
@@ -231,6 +328,8 @@ async def score_batch(
                                             model.sequential_weights, depth=1)  # fmt: skip
     if knn is not None:
         signals.knn = knn.lookup(cands)
+    if use_online and live is not None:
+        signals.online = live.lookup(cands)
     stage["scoring"] = (time.perf_counter() - t2) * 1000
     return ScoredBatch(arrays, cands, signals, stage, unknown)
 
@@ -281,10 +380,13 @@ async def recommend_batch(
     *,
     k: int,
     n_candidates: int,
+    online: CovisitStore | None = None,
     clock: Callable[[], float] = time.time,
 ) -> BatchResult:
     """Update state for every trigger and return one Recommendation per trigger, in order."""
     if not triggers:
         return BatchResult([])
-    scored = await score_batch(triggers, store, model, k=k, n_candidates=n_candidates)
+    scored = await score_batch(
+        triggers, store, model, k=k, n_candidates=n_candidates, online=online
+    )
     return rank_batch(triggers, scored, model, k=k, clock=clock)

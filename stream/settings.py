@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # None: use the half-life recorded in the model bundle at training time.
     half_life_s: float | None = Field(None, ge=0)
     max_recent: int = Field(20, ge=1, le=255)
+    # Online co-visitation and trending in Redis, learnt from every batch.
+    online_covisit: bool = True
 
     max_event_bytes: int = Field(16_384, ge=256)
     metrics_port: int = Field(9108, ge=0, le=65535)

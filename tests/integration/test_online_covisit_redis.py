@@ -174,7 +174,8 @@ async def test_namespaces_are_isolated(services: Services) -> None:
     )
     async with _redis(services) as (client, namespace), _redis(services) as (_, other):
         store = RedisCovisitStore(client, namespace=namespace, config=SMALL)
-        read = await store.update_and_read(batch)
+        await store.update_and_read(batch)
+        read = await store.update_and_read(_updates_removed(batch))
         assert read.neighbours[:, 0].tolist() == [b, a] and read.trending.tolist() == [a]
         other_store = RedisCovisitStore(client, namespace=other, config=SMALL)
         read = await other_store.update_and_read(_updates_removed(batch))
@@ -201,5 +202,6 @@ async def test_script_cache_loss_and_foreign_values_are_survived(services: Servi
         store = RedisCovisitStore(client, namespace=namespace, config=SMALL)
         await client.set(store.key_of(a), b"\x01" * 17)  # not a list of 16-byte records
         await client.script_flush()  # as after a Redis restart: NOSCRIPT, load, retry
-        read = await store.update_and_read(batch)
+        await store.update_and_read(batch)
+        read = await store.update_and_read(_updates_removed(batch))
         assert read.neighbours[0, 0] == b and read.weights[0, 0] == pytest.approx(1.0)

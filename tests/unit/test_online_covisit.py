@@ -19,6 +19,7 @@ from features.online_covisit import (
     EPOCH_MS,
     CovisitBatch,
     CovisitConfig,
+    CovisitRead,
     covisit_key,
     logadd2,
     prepare,
@@ -59,9 +60,27 @@ def _row(read_neighbours: np.ndarray, read_weights: np.ndarray) -> dict[int, flo
     return {int(n): float(w) for n, w in zip(read_neighbours, read_weights, strict=True) if n}
 
 
+def _apply(store: InMemoryCovisitStore, batch: CovisitBatch) -> CovisitRead:
+    """Apply ``batch``, then read its queries: a batch's own reads see the store as it was
+    before it (see test_a_batch_reads_the_store_as_it_was_before_its_updates)."""
+    store.apply(replace(batch, queries=NONE))
+    n = batch.queries.size  # an empty batch reads nothing, not even trending: ask for hash 0
+    read = store.apply(_batch(queries=batch.queries.tolist() or [0], t=batch.now_ms))
+    return replace(read, neighbours=read.neighbours[:n], weights=read.weights[:n])
+
+
+def test_a_batch_reads_the_store_as_it_was_before_its_updates() -> None:
+    store = _store()
+    read = store.apply(_batch([(A, B)], items=[A], queries=[A]))
+    assert not read.neighbours.any() and read.trending.size == 0
+    read = store.apply(_batch([(A, C)], items=[B], queries=[A]))
+    assert _row(read.neighbours[0], read.weights[0]) == {B: 1.0}
+    assert read.trending.tolist() == [A]
+
+
 def test_a_transition_weighs_one_forward_and_back_weight_backward() -> None:
     store = _store()
-    read = store.apply(_batch([(A, B)], queries=[A, B]))
+    read = _apply(store, _batch([(A, B)], queries=[A, B]))
     assert read.neighbours.shape == read.weights.shape == (2, 50)
     assert read.neighbours.dtype == np.uint64 and read.weights.dtype == np.float32
     assert _row(read.neighbours[0], read.weights[0]) == {B: 1.0}
@@ -70,17 +89,17 @@ def test_a_transition_weighs_one_forward_and_back_weight_backward() -> None:
 
 
 def test_back_weight_is_configurable_and_zero_disables_it() -> None:
-    read = _store(back_weight=0.25).apply(_batch([(A, B)], queries=[B]))
+    read = _apply(_store(back_weight=0.25), _batch([(A, B)], queries=[B]))
     assert _row(read.neighbours[0], read.weights[0]) == {A: 0.25}
-    read = _store(back_weight=0.0).apply(_batch([(A, B)], queries=[A, B]))
+    read = _apply(_store(back_weight=0.0), _batch([(A, B)], queries=[A, B]))
     assert _row(read.neighbours[0], read.weights[0]) == {B: 1.0}
     assert not read.neighbours[1].any()
 
 
 def test_repeated_transitions_add_up_within_and_across_batches() -> None:
     store = _store()
-    store.apply(_batch([(A, B), (A, B), (A, C)]))
-    read = store.apply(_batch([(A, B), (C, A)], queries=[A]))
+    _apply(store, _batch([(A, B), (A, B), (A, C)]))
+    read = _apply(store, _batch([(A, B), (C, A)], queries=[A]))
     # A: B 1+1+1, C 1 (A -> C) + 0.5 (C -> A, backward)
     assert read.neighbours[0, :2].tolist() == [B, C]
     np.testing.assert_allclose(read.weights[0, :2], [3.0, 1.5], rtol=1e-6)
@@ -88,21 +107,21 @@ def test_repeated_transitions_add_up_within_and_across_batches() -> None:
 
 def test_a_weight_halves_after_one_half_life() -> None:
     store = _store()
-    store.apply(_batch([(A, B)], t=T0))
+    _apply(store, _batch([(A, B)], t=T0))
     for k, expected in [(1, 0.5), (2, 0.25), (10, 2.0**-10)]:
-        read = store.apply(_batch(queries=[A], now=T0 + k * H))
+        read = _apply(store, _batch(queries=[A], now=T0 + k * H))
         assert read.weights[0, 0] == pytest.approx(expected, rel=1e-6)
     # An increment one half-life later counts double the older one at any read time.
-    store.apply(_batch([(A, C)], t=T0 + H))
-    read = store.apply(_batch(queries=[A], now=T0 + 3 * H))
+    _apply(store, _batch([(A, C)], t=T0 + H))
+    read = _apply(store, _batch(queries=[A], now=T0 + 3 * H))
     assert read.neighbours[0, :2].tolist() == [C, B]
     np.testing.assert_allclose(read.weights[0, :2], [0.25, 0.125], rtol=1e-6)
 
 
 def test_without_decay_weights_are_counts() -> None:
     store = _store(half_life_ms=math.inf)
-    store.apply(_batch([(A, B)], t=T0))
-    read = store.apply(_batch([(A, B)], t=T0 + 365 * DAY_MS, queries=[A], now=T0 + 10**12))
+    _apply(store, _batch([(A, B)], t=T0))
+    read = _apply(store, _batch([(A, B)], t=T0 + 365 * DAY_MS, queries=[A], now=T0 + 10**12))
     assert read.weights[0, 0] == pytest.approx(2.0, rel=1e-9)
 
 
@@ -111,10 +130,10 @@ def test_event_times_decades_apart_neither_overflow_nor_underflow() -> None:
     forward-decay score would be 2^(30 years / 1 hour) here)."""
     t1996, t2026 = 820_454_400_000.0, 1_767_225_600_000.0
     store = _store()
-    read = store.apply(_batch([(A, B)], t=t1996, items=[A], queries=[A]))
+    read = _apply(store, _batch([(A, B)], t=t1996, items=[A], queries=[A]))
     assert read.weights[0, 0] == pytest.approx(1.0, rel=1e-6)
     assert read.trending_weights.tolist() == pytest.approx([1.0], rel=1e-6)
-    read = store.apply(_batch([(A, C)], t=t2026, items=[A], queries=[A]))
+    read = _apply(store, _batch([(A, C)], t=t2026, items=[A], queries=[A]))
     assert read.neighbours[0, :2].tolist() == [C, B]
     assert read.weights[0, 0] == pytest.approx(1.0, rel=1e-6) and read.weights[0, 1] == 0.0
     assert np.isfinite(read.weights).all() and read.trending_weights[0] == pytest.approx(1.0)
@@ -122,8 +141,8 @@ def test_event_times_decades_apart_neither_overflow_nor_underflow() -> None:
 
 def test_rows_are_heaviest_first_and_ties_keep_the_older_entry_first() -> None:
     store = _store()
-    store.apply(_batch([(A, B)]))
-    read = store.apply(_batch([(A, D), (A, C), (A, C), (A, X), (A, X)], queries=[A]))
+    _apply(store, _batch([(A, B)]))
+    read = _apply(store, _batch([(A, D), (A, C), (A, C), (A, X), (A, X)], queries=[A]))
     # C and X tie at 2 (the new ones in hash order), B and D tie at 1 (B untouched, so first)
     c_x = sorted([C, X])
     assert read.neighbours[0, :4].tolist() == [*c_x, B, D]
@@ -133,10 +152,10 @@ def test_rows_are_heaviest_first_and_ties_keep_the_older_entry_first() -> None:
 def test_trimming_keeps_the_heaviest_and_waits_for_trim_at() -> None:
     store = _store(keep=2, trim_factor=2.0, back_weight=0.0)  # trim_at = 4
     others = [int(v) for v in item_hashes_u64([f"n{i}" for i in range(5)])]
-    store.apply(_batch([(A, others[0])] * 3 + [(A, others[1])] * 2 + [(A, others[2])]))
-    store.apply(_batch([(A, others[3])] * 4))
+    _apply(store, _batch([(A, others[0])] * 3 + [(A, others[1])] * 2 + [(A, others[2])]))
+    _apply(store, _batch([(A, others[3])] * 4))
     assert len(store.lists[A].members) == 4  # not longer than trim_at: untouched
-    read = store.apply(_batch([(A, others[4])], queries=[A]))  # 5 > 4: trimmed to 2
+    read = _apply(store, _batch([(A, others[4])], queries=[A]))  # 5 > 4: trimmed to 2
     assert len(store.lists[A].members) == 2
     assert _row(read.neighbours[0], read.weights[0]) == pytest.approx(
         {others[3]: 4.0, others[0]: 3.0}, rel=1e-6
@@ -145,7 +164,7 @@ def test_trimming_keeps_the_heaviest_and_waits_for_trim_at() -> None:
 
 def test_unknown_items_and_hash_zero_read_empty_rows_and_duplicates_repeat() -> None:
     store = _store(top_m=3)
-    read = store.apply(_batch([(A, B)], queries=[X, A, 0, A]))
+    read = _apply(store, _batch([(A, B)], queries=[X, A, 0, A]))
     assert read.neighbours.shape == (4, 3)
     assert not read.neighbours[[0, 2]].any() and not read.weights[[0, 2]].any()
     assert read.neighbours[1].tolist() == read.neighbours[3].tolist() == [B, 0, 0]
@@ -153,14 +172,14 @@ def test_unknown_items_and_hash_zero_read_empty_rows_and_duplicates_repeat() -> 
 
 def test_self_transitions_and_hash_zero_are_ignored() -> None:
     store = _store()
-    read = store.apply(_batch([(A, A), (0, A), (A, 0)], items=[0], queries=[A, 0]))
+    read = _apply(store, _batch([(A, A), (0, A), (A, 0)], items=[0], queries=[A, 0]))
     assert not read.neighbours.any() and read.trending.size == 0 and not store.lists
 
 
 def test_trending_sums_decayed_weights_heaviest_first() -> None:
     store = _store(top_p=2, keep_trending=2, trim_factor=1.0)
-    store.apply(_batch(items=[A, B, B], weights=[1.0, 1.0, 3.0], t=T0))
-    read = store.apply(_batch(items=[C, C], weights=[1.0, 1.0], t=T0 + H))
+    _apply(store, _batch(items=[A, B, B], weights=[1.0, 1.0, 3.0], t=T0))
+    read = _apply(store, _batch(items=[C, C], weights=[1.0, 1.0], t=T0 + H))
     assert read.trending.tolist() == [B, C]  # B 4 -> 2 after an hour; C 2; A 0.5 trimmed
     np.testing.assert_allclose(read.trending_weights, [2.0, 2.0], rtol=1e-6)
     assert read.trending.dtype == np.uint64 and read.trending_weights.dtype == np.float32
@@ -169,10 +188,10 @@ def test_trending_sums_decayed_weights_heaviest_first() -> None:
 
 def test_zero_weights_change_nothing_and_negative_ones_are_refused() -> None:
     store = _store()
-    read = store.apply(_batch(items=[A], weights=[0.0]))
+    read = _apply(store, _batch(items=[A], weights=[0.0]))
     assert read.trending.size == 0
     with pytest.raises(ValueError, match=">= 0"):
-        store.apply(_batch(items=[A], weights=[-1.0]))
+        _apply(store, _batch(items=[A], weights=[-1.0]))
 
 
 def test_invalid_batches_are_refused() -> None:
@@ -187,12 +206,12 @@ def test_invalid_batches_are_refused() -> None:
     ]
     for batch in bad:
         with pytest.raises(ValueError):
-            store.apply(batch)
+            _apply(store, batch)
 
 
 def test_an_empty_batch_reads_nothing_and_stores_nothing() -> None:
     store = _store()
-    store.apply(_batch([(A, B)], items=[A]))
+    _apply(store, _batch([(A, B)], items=[A]))
     read = store.apply(_batch())
     assert read.neighbours.shape == (0, 50) and read.trending.size == 0
 
@@ -201,6 +220,8 @@ async def test_update_and_read_is_the_protocol_method() -> None:
     store = _store()
     await store.load_script()
     read = await store.update_and_read(_batch([(A, B)], queries=[A]))
+    assert read.neighbours[0, 0] == 0  # the batch's reads come before its updates
+    read = await store.update_and_read(_batch(queries=[A]))
     assert read.neighbours[0, 0] == B
 
 

@@ -128,3 +128,53 @@ async def test_session_knn_adds_candidates_and_lifts_their_scores() -> None:
     with_knn = await recommend_batch([Trigger(event, 0.0)], store2, model, k=1, n_candidates=2)
     assert without.recommendations[0].items == ["b"]
     assert with_knn.recommendations[0].items == ["e"]
+
+
+async def test_online_covisitation_learns_from_the_stream_within_one_batch_later() -> None:
+    from features.memory_covisit import InMemoryCovisitStore
+
+    model, store = model_and_store()
+    model.blend.online = 8.0
+    online = InMemoryCovisitStore()
+    # Other users go from "a" to "e" (far from "a" in embedding space) ...
+    teach = [
+        UserEvent(f"t{i}{j}", EventType.VIEW, f"u{i}", f"s{i}", 10 + j, item_id=item)
+        for i in range(3)
+        for j, item in enumerate(["a", "e"])
+    ]
+    await recommend_batch([Trigger(e, 0.0) for e in teach], store, model, k=1,
+                          n_candidates=2, online=online)  # fmt: skip
+    # ... so a new user on "a" is offered "e"; without the store the nearest item wins.
+    event = UserEvent("1", EventType.VIEW, "new", "s9", 20, item_id="a")
+    live = await recommend_batch([Trigger(event, 0.0)], store, model, k=1, n_candidates=2,
+                                 online=online)  # fmt: skip
+    assert live.recommendations[0].items == ["e"]
+    assert "online" in live.stage_ms
+    cold = InMemoryCovisitStore()
+    fresh = await recommend_batch([Trigger(event, 0.0)], store, model, k=1, n_candidates=2,
+                                  online=cold)  # fmt: skip
+    assert fresh.recommendations[0].items == ["b"]
+
+
+async def test_online_batch_records_transitions_items_and_queries() -> None:
+    from stream.pipeline import online_batch
+
+    model, store = model_and_store()
+    events = [
+        UserEvent("1", EventType.VIEW, "u", "s", 1, item_id="a"),
+        UserEvent("2", EventType.PURCHASE, "u", "s", 2, item_id="c"),
+        UserEvent("3", EventType.SEARCH, "u", "s", 3, query="shoes"),
+    ]
+    from features.keys import hashes_to_u64
+    from stream.pipeline import state_updates
+
+    updates, _ = state_updates(events, model)
+    states = [decode_state(b) for b in await store.apply_batch(updates)]
+    batch = online_batch(events, states, model)
+    h = {i: int(hashes_to_u64([id_hash(i)])[0]) for i in "ac"}
+    assert batch.src.tolist() == [h["a"]] and batch.dst.tolist() == [h["c"]]
+    assert batch.items.tolist() == [h["a"], h["c"]]
+    assert batch.item_weight.tolist() == [1.0, 3.0]
+    # Three queries per event, newest first, 0 where the session is shorter.
+    assert batch.queries.tolist() == [h["a"], 0, 0, h["c"], h["a"], 0, h["c"], h["a"], 0]
+    assert batch.now_ms == 3.0
