@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from models.baselines import AssociationRules, Pop, SequentialRules, SessionPop
 from models.knn import VSKNN
+from models.rtrec_peer import RtrecPeer
 from models.serving import ServingModel
 from stream.evaluate import (
     EvalConfig,
@@ -47,7 +48,7 @@ def _sessions(events: Sequence[UserEvent]) -> tuple[list[list[str]], list[int]]:
 
 
 def baselines() -> list[Any]:
-    return [Pop(), SessionPop(), AssociationRules(), SequentialRules(), VSKNN()]
+    return [Pop(), SessionPop(), AssociationRules(), SequentialRules(), VSKNN(), RtrecPeer()]
 
 
 def _summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
