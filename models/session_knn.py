@@ -19,7 +19,7 @@ Pure numpy; serving-side.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,12 @@ import numpy as np
 # Scores are rounded before ranking so that float summation order cannot split a true tie
 # (models/baselines.py uses the same rule).
 SCORE_DECIMALS = 9
+# Batches whose rows x (N + 1) score matrix has at most this many cells are summed and ranked
+# densely (bincount, argpartition); larger catalogues go through sort-based sparse code.
+DENSE_CELLS = 8_000_000
+
+
+STORED = ("session_ptr", "session_items", "item_ptr", "item_sessions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,14 @@ class SessionIndex:
     session_items: np.ndarray
     item_ptr: np.ndarray
     item_sessions: np.ndarray
+    # int64[P] item * S + session for every (item, session), ascending: one searchsorted finds
+    # "this item's sessions from id s on" for many items at once. Derived, not stored.
+    item_keys: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        owner = np.repeat(np.arange(len(self.item_ptr) - 1, dtype=np.int64), np.diff(self.item_ptr))
+        keys = owner * max(self.n_sessions, 1) + self.item_sessions.astype(np.int64)
+        object.__setattr__(self, "item_keys", keys)
 
     @property
     def n_sessions(self) -> int:
@@ -71,18 +85,12 @@ class SessionIndex:
         )
 
     def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            session_ptr=self.session_ptr,
-            session_items=self.session_items,
-            item_ptr=self.item_ptr,
-            item_sessions=self.item_sessions,
-        )
+        np.savez(path, **{k: getattr(self, k) for k in STORED})
 
     @classmethod
     def load(cls, path: Path, n_items: int) -> SessionIndex:
         with np.load(path, allow_pickle=False) as z:
-            index = cls(*(np.asarray(z[k]) for k in cls.__slots__))  # type: ignore[attr-defined]
+            index = cls(*(np.asarray(z[k]) for k in STORED))
         if index.n_items != n_items or index.session_ptr[-1] != len(index.session_items):
             raise ValueError(f"{path}: session index for {index.n_items} items, not {n_items}")
         return index
@@ -111,6 +119,22 @@ class SparseScores:
         out = np.zeros((self.rows, n), dtype=np.int64)
         if not self.keys.size or n < 1:
             return out
+        if self.rows * self.span <= DENSE_CELLS and n < self.span:
+            flat = np.zeros(self.rows * self.span)
+            flat[self.keys] = np.round(self.values, SCORE_DECIMALS)
+            dense = flat.reshape(self.rows, self.span)
+            # Exactly n per row: everything above the n-th best value, then the lowest
+            # indices among those equal to it (argpartition alone breaks that tie arbitrarily).
+            kth = -np.partition(-dense, n - 1, axis=1)[:, n - 1 : n]
+            above = dense > kth
+            tied = dense == kth
+            room = n - above.sum(axis=1, keepdims=True)
+            chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+            part = np.nonzero(chosen)[1].reshape(self.rows, n)
+            vals = np.take_along_axis(dense, part, axis=1)
+            order = np.lexsort((part, -vals), axis=1)
+            part = np.take_along_axis(part, order, axis=1)
+            return np.where(np.take_along_axis(vals, order, axis=1) > 0, part, 0)
         row, item = self.keys // self.span, self.keys % self.span
         order = np.lexsort((item, -np.round(self.values, SCORE_DECIMALS), row))
         row, item = row[order], item[order]
@@ -187,8 +211,12 @@ def knn_scores(
 
     hi = index.item_ptr[q_item + 1]
     lo = index.item_ptr[q_item]
-    if sample_size:
-        lo = np.maximum(lo, hi - sample_size)
+    if sample_size and (full := hi - lo >= sample_size).any():
+        # A row's sample holds only sessions at least as recent as the sample_size-th newest
+        # session of any of its items (its "floor"): cut every item's list there.
+        floor = np.zeros(b, dtype=np.int64)
+        np.maximum.at(floor, q_row[full], index.item_sessions[hi[full] - sample_size])
+        lo = np.searchsorted(index.item_keys, q_item * n_sessions + floor[q_row])
     reps = hi - lo
     s_key = np.repeat(q_row, reps) * n_sessions + index.item_sessions[_runs(lo, hi)]
     s_weight, s_steps = np.repeat(weight, reps), np.repeat(steps, reps)
@@ -213,6 +241,10 @@ def knn_scores(
     lo, hi = index.session_ptr[n_ses], index.session_ptr[n_ses + 1]
     reps = hi - lo
     i_key = np.repeat(n_row, reps) * span + index.session_items[_runs(lo, hi)]
+    if b * span <= DENSE_CELLS:
+        dense = np.bincount(i_key, weights=np.repeat(gain, reps), minlength=b * span)
+        keys = np.flatnonzero(dense)
+        return SparseScores(keys, dense[keys], span, b)
     keys, inverse = np.unique(i_key, return_inverse=True)
     values = np.bincount(inverse, weights=np.repeat(gain, reps))
     return SparseScores(keys, values, span, b)

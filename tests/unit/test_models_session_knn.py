@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import session_knn
 from models.knn import VSKNN
 from models.session_knn import SessionIndex, knn_scores, sparse_lookup
 
@@ -29,8 +30,13 @@ def _batch(prefixes: list[list[int]], r: int) -> tuple[np.ndarray, np.ndarray]:
     return recent, np.array([len(p) for p in prefixes], dtype=np.int64)
 
 
+@pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize(("sample_size", "k_neighbours"), [(0, 100), (30, 10), (500, 100)])
-def test_knn_scores_rank_like_the_vsknn_baseline(sample_size: int, k_neighbours: int) -> None:
+def test_knn_scores_rank_like_the_vsknn_baseline(
+    sample_size: int, k_neighbours: int, dense: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not dense:  # the sort-based path that large catalogues take
+        monkeypatch.setattr(session_knn, "DENSE_CELLS", 0)
     rng = np.random.default_rng(7)
     n_items = 60
     sessions = _random_sessions(rng, 400, n_items)
@@ -43,17 +49,24 @@ def test_knn_scores_rank_like_the_vsknn_baseline(sample_size: int, k_neighbours:
     scores = knn_scores(index, recent, lengths, k_neighbours=k_neighbours,
                         sample_size=sample_size)  # fmt: skip
     catalogue = np.arange(1, n_items + 1)
-    dense = scores.lookup(np.tile(catalogue, (len(prefixes), 1)))
+    dense_scores = scores.lookup(np.tile(catalogue, (len(prefixes), 1)))
     compared = 0
     for row, prefix in enumerate(prefixes):
-        scored = np.flatnonzero(dense[row] > 0)
+        scored = np.flatnonzero(dense_scores[row] > 0)
         # The baseline's tie rule: training popularity rank, i.e. its own item index.
         tie = np.array([baseline.index.get(str(i + 1), 10**9) for i in scored])
-        ours = scored[np.lexsort((tie, -np.round(dense[row, scored], 5)))] + 1
+        ours = scored[np.lexsort((tie, -np.round(dense_scores[row, scored], 5)))] + 1
         expected = baseline.recommend([str(i) for i in prefix], len(ours))
         assert ours.astype(str).tolist() == expected, (prefix, ours, expected)
         compared += len(ours) > 0
     assert compared > 30
+    # top() agrees with the ranking above (ties: lower index).
+    tops = scores.top(5)
+    for row in range(len(prefixes)):
+        scored = np.flatnonzero(dense_scores[row] > 0)
+        best = scored[np.lexsort((scored, -np.round(dense_scores[row, scored], 9)))][:5] + 1
+        assert tops[row, : len(best)].tolist() == best.tolist()
+        assert not tops[row, len(best) :].any()
 
 
 def test_only_the_current_session_counts() -> None:
