@@ -20,13 +20,40 @@ def _cell(block: dict[str, Any], metric: str) -> str:
     return f"{mean:.4f} ± {std:.4f}" if std > 0 else f"{mean:.4f}"
 
 
+SERVED = "streamrec"
+GOAL_METRICS = ("HR@20", "MRR@20")
+
+
+def goal_check(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per dataset and goal metric: the served ranking's mean, the best other method (bundles
+    evaluated side by side, ``streamrec@<version>``, are not rivals) and whether it wins."""
+    rows: list[dict[str, Any]] = []
+    for ds in summary["datasets"]:
+        methods = ds["methods"]
+        if SERVED not in methods:
+            continue
+        rivals = {m: b for m, b in methods.items() if not m.startswith(SERVED)}
+        for metric in GOAL_METRICS:
+            ours = methods[SERVED]["mean"][metric]
+            best = max(rivals, key=lambda m: rivals[m]["mean"][metric], default=None)
+            theirs = rivals[best]["mean"][metric] if best else 0.0
+            rows.append({
+                "dataset": ds["dataset"], "metric": metric, "streamrec": ours,
+                "std": methods[SERVED]["std"][metric], "best_other": best,
+                "best_other_value": theirs, "wins": ours > theirs,
+            })  # fmt: skip
+    return rows
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
     lines = [
         "# streamrec evaluation report",
         "",
         f"Protocol: test = sessions starting in the last {cfg['test_days']:g} days, validation ="
-        f" the {cfg['valid_days']:g} days before (used for choices only), train = the rest;"
+        f" the {cfg['valid_days']:g} days before, widened to about"
+        f" {cfg.get('min_valid_events', 0)} events if it holds fewer (used for choices only),"
+        " train = the rest;"
         " prefix -> next item; targets unseen in training and re-views of an item already in"
         " the session are dropped; lists exclude the session's items for every method; ranked"
         f" over the whole training catalogue. Seeds {list(cfg['seeds'])} for trained models"
@@ -34,6 +61,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Total time: {summary['seconds']:.0f} s.",
     ]
+    goal = goal_check(summary)
+    if goal:
+        lines += [
+            "",
+            "## Goal: the served ranking beats every other method",
+            "",
+            "| dataset | metric | streamrec (mean ± std) | best other method | beats it |",
+            "|---|---|---:|---:|---|",
+        ]
+        for g in goal:
+            lines.append(
+                f"| {g['dataset']} | {g['metric']} | {g['streamrec']:.4f} ± {g['std']:.4f} | "
+                f"{g['best_other_value']:.4f} ({g['best_other']}) | "
+                f"{'yes' if g['wins'] else '**no**'} |"
+            )
     for ds in summary["datasets"]:
         name = ds["dataset"]
         ev = ds["events"]
@@ -53,6 +95,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for method, block in ranked:
             cells = " | ".join(_cell(block, m) for m in TABLE_METRICS)
             lines.append(f"| {method} | {cells} | {ds['seconds'].get(method, 0.0):.1f} |")
+        if ds.get("blend_per_seed"):
+            blends = "; ".join(
+                ", ".join(f"{k} {v:g}" for k, v in b.items() if v) for b in ds["blend_per_seed"]
+            )
+            lines += ["", f"Blend weights chosen on validation, per seed: {blends}."]
         lines += ["", f"![HR and MRR]({name}-accuracy.png) ![by length]({name}-by-length.png)"
                   f" ![coverage]({name}-coverage.png)"]  # fmt: skip
     return "\n".join(lines) + "\n"
