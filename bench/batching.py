@@ -49,6 +49,7 @@ from _common import (
 )
 
 from features.keys import user_key
+from features.online_covisit import RedisCovisitStore
 from features.store import UserStateStore
 from models.serving import ServingModel
 from stream.pipeline import BatchResult, Trigger, recommend_batch
@@ -75,6 +76,8 @@ class Mode:
             max_recent=cfg.max_recent,
             space_id=model.space_id,
         )
+        # As the worker: online co-visitation learnt in Redis, one more EVALSHA per call.
+        self.online = RedisCovisitStore(client, namespace=namespace) if cfg.online_covisit else None
         self.model = model
         self.k = cfg.top_k
         self.n_candidates = cfg.candidates
@@ -88,7 +91,12 @@ class Mode:
         triggers = [Trigger(e, now) for e in events]
         t0 = time.perf_counter()
         result = await recommend_batch(
-            triggers, self.store, self.model, k=self.k, n_candidates=self.n_candidates
+            triggers,
+            self.store,
+            self.model,
+            k=self.k,
+            n_candidates=self.n_candidates,
+            online=self.online,
         )
         self.call_ms.append((time.perf_counter() - t0) * 1000)
         for stage, ms in result.stage_ms.items():
@@ -111,6 +119,9 @@ class Mode:
             await self.store.client.delete(
                 *(user_key(self.namespace, u) for u in users[i : i + 1000])
             )
+        online = [k async for k in self.store.client.scan_iter(f"sr:{self.namespace}:cv:*")]
+        for i in range(0, len(online), 1000):
+            await self.store.client.delete(*online[i : i + 1000])
 
 
 def chunks(events: list[UserEvent], size: int) -> list[list[UserEvent]]:
@@ -132,6 +143,8 @@ async def bench(args: argparse.Namespace, redis_url: str) -> list[str]:
         warm = Mode(client, model, f"bench-{run_id}-warm")
         modes.append(warm)
         await warm.store.load_script()
+        if warm.online is not None:
+            await warm.online.load_script()
         for chunk in chunks(warm_events, BATCH):  # first calls: allocations, script cache
             await warm.run(chunk)
             for e in chunk:
@@ -177,7 +190,8 @@ async def bench(args: argparse.Namespace, redis_url: str) -> list[str]:
             f"  command      {' '.join(sys.argv)}",
             f"  model        {bundle.name} ({model.scorer.provider}, 1 thread), "
             f"{model.retriever.n_items} items, k {batched.k}, {batched.n_candidates} candidates",
-            f"  redis        {redis_url} (real, local; one pipelined EVALSHA per call)",
+            f"  redis        {redis_url} (real, local; one pipelined EVALSHA per call for state"
+            + (", one EVALSHA for online co-visitation)" if batched.online is not None else ")"),
             f"  events       {len(events)} view events, {DATA_NOTE}",
             f"  wall         {wall_s:.1f} s for both modes, interleaved per 64-event chunk; "
             f"this process + redis used {ours:.1f} CPU s",
@@ -199,7 +213,12 @@ async def bench(args: argparse.Namespace, redis_url: str) -> list[str]:
             "",
             f"latency of one call   batch of 64: p50 {b50:.2f} ms  p99 {b99:.2f} ms"
             f"   |   batch of 1: p50 {s50:.3f} ms  p99 {s99:.3f} ms",
-            f"same top-{batched.k} list in both modes: {same} of {len(events)} events",
+            f"same top-{batched.k} list in both modes: {same} of {len(events)} events"
+            + (
+                " (online co-visitation differs by design: a batch reads before it learns)"
+                if batched.online is not None
+                else ""
+            ),
             "",
             f"batch-size sweep ({len(sweep_events)} further events per size, own namespace):",
             "  size   ms/event   call p50 ms   call p99 ms   events/s (this stage only)",
