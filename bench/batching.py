@@ -57,7 +57,7 @@ from stream.services import LocalServices
 from stream.settings import load_settings
 from topics.events import UserEvent
 
-STAGES = ("state", "retrieval", "scoring", "rank")
+STAGES = ("state", "online", "retrieval", "scoring", "rank")
 STREAMREC_HOME = Path(os.environ.get("STREAMREC_HOME", str(Path.home() / ".cache/streamrec")))
 BATCH = 64
 

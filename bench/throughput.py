@@ -71,7 +71,7 @@ from tests.integration.harness import Services, WorkerProcess, free_port
 from topics.names import RECOMMENDATIONS, USER_EVENTS, TopicSpec, all_topics
 
 HOUR = 3600 * 1000
-STAGES = ("validate", "state", "retrieval", "scoring", "rank", "publish")
+STAGES = ("validate", "state", "online", "retrieval", "scoring", "rank", "publish")
 STREAMREC_HOME = Path(os.environ.get("STREAMREC_HOME", str(Path.home() / ".cache/streamrec")))
 
 

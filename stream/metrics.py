@@ -36,8 +36,8 @@ class WorkerMetrics:
         )
         self.stage_ms = Histogram(
             "streamrec_stage_latency_ms",
-            "Per-stage latency of a micro-batch in ms (validate, state, retrieval, scoring, "
-            "rank, publish)",
+            "Per-stage latency of a micro-batch in ms (validate, state, online, retrieval, "
+            "scoring, rank, publish)",
             ["stage"],
             buckets=MS_BUCKETS,
             registry=r,
