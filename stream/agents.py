@@ -1,9 +1,11 @@
-"""The serving agent: micro-batches from ``user-events`` -> pipeline -> ``recommendations``.
+"""The serving agents: micro-batches from ``user-events`` -> pipeline -> ``recommendations``
+(``BatchHandler``), and from ``item-catalogue`` -> embedded titles in Redis and in the item
+text index (``CatalogueHandler``).
 
 Bad input becomes a dead letter with its reason and the agent goes on. A batch that fails
 because Redis is unreachable is retried with capped backoff and is not acknowledged until it
 succeeds, so nothing is lost and Kafka holds the backlog (bounded memory). A batch that fails
-for any other reason is split into single events, and an event that still fails is
+for any other reason is split into single records, and a record that still fails is
 dead-lettered with reason ``processing_error`` instead of crashing the worker.
 """
 
@@ -14,17 +16,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 from faust.types import EventT
 
+from features.item_text_store import ItemTextStore, StoredItem
 from features.online_covisit import CovisitStore
 from features.store import StateStoreError, UserStateStore
 from models.serving import ServingModel
+from models.text_index import ItemTextIndex
 from stream.metrics import WorkerMetrics
-from stream.pipeline import BatchResult, Trigger, recommend_batch
+from stream.pipeline import BatchResult, TextSearch, Trigger, recommend_batch
+from topics.catalogue import CatalogueItem, CatalogueLimits, parse_catalogue_item
 from topics.dead_letter import DeadLetter
 from topics.events import InvalidEvent, Limits, Reason, parse_event
 from topics.recommendations import encode_recommendations
+
+if TYPE_CHECKING:
+    from models.text_encoder import TextEncoder
 
 log = logging.getLogger("streamrec.worker")
 
@@ -32,6 +42,8 @@ log = logging.getLogger("streamrec.worker")
 Publish = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[object]]]
 
 MAX_BACKOFF_S = 5.0
+# Titles per encoder call when (re-)embedding stored items at start-up.
+LOAD_CHUNK = 256
 
 
 @dataclass(slots=True)
@@ -67,9 +79,11 @@ class BatchHandler:
         k: int,
         n_candidates: int,
         online: CovisitStore | None = None,
+        search: TextSearch | None = None,
     ) -> None:
         self.store = store
         self.online = online
+        self.search = search
         self.model = model
         self.metrics = metrics
         self.publish = publish
@@ -127,6 +141,7 @@ class BatchHandler:
                     k=self.k,
                     n_candidates=self.n_candidates,
                     online=self.online,
+                    search=self.search,
                 )
                 break
             except StateStoreError as exc:
@@ -156,6 +171,7 @@ class BatchHandler:
                     k=self.k,
                     n_candidates=self.n_candidates,
                     online=self.online,
+                    search=self.search,
                 )
             except StateStoreError:
                 raise
@@ -166,15 +182,183 @@ class BatchHandler:
         return out
 
     async def _dead_letter(self, msg: RawMessage, reason: Reason, detail: str) -> Awaitable[object]:
-        self.metrics.dead_letters.labels(reason.value).inc()
-        letter = DeadLetter(
-            reason=reason.value,
-            detail=detail,
-            source_topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            raw=msg.value or b"",
-            key=msg.key,
-            failed_at_ms=int(time.time() * 1000),
+        return await dead_letter(
+            self.publish, self.metrics, self.dead_letter_topic, msg, reason, detail
         )
-        return await self.publish(self.dead_letter_topic, msg.key, letter.to_bytes())
+
+
+async def dead_letter(
+    publish: Publish,
+    metrics: WorkerMetrics,
+    topic: str,
+    msg: RawMessage,
+    reason: Reason,
+    detail: str,
+) -> Awaitable[object]:
+    """Publish ``msg`` to the dead-letter ``topic`` with its reason; returns the delivery."""
+    metrics.dead_letters.labels(reason.value).inc()
+    letter = DeadLetter(
+        reason=reason.value,
+        detail=detail,
+        source_topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        raw=msg.value or b"",
+        key=msg.key,
+        failed_at_ms=int(time.time() * 1000),
+    )
+    return await publish(topic, msg.key, letter.to_bytes())
+
+
+class CatalogueHandler:
+    """Catalogue items in: validated, titles embedded, stored in Redis, added to the index.
+
+    Per batch: one encoder call for every valid title (in a thread, so that the event loop
+    keeps serving recommendations meanwhile; ONNX Runtime releases the GIL), one pipelined
+    Redis write, one index upsert. A record of an item repeated within the batch counts once
+    (the last wins). An item is searchable as soon as its batch is handled. Without an encoder
+    (``STREAMREC_TEXT_ENCODER=none``) titles are stored unembedded and ``index`` is None: a
+    later worker with an encoder embeds them when it loads (``load``).
+
+    The consumer group hands the topic's partition to one worker; every worker also follows
+    the store's change log (``sync``) to index what another worker consumed.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ItemTextStore,
+        index: ItemTextIndex | None,
+        encoder: TextEncoder | None,
+        metrics: WorkerMetrics,
+        publish: Publish,
+        dead_letter_topic: str,
+        limits: CatalogueLimits,
+    ) -> None:
+        if index is not None and (encoder is None or encoder.dim != index.dim):
+            raise ValueError("the text index needs the encoder of its space")
+        self.store = store
+        self.index = index
+        self.encoder = encoder
+        self.metrics = metrics
+        self.publish = publish
+        self.dead_letter_topic = dead_letter_topic
+        self.limits = limits
+        self.cursor = "0-0"
+        self._own: set[str] = set()  # log positions of this worker's own writes
+
+    async def handle(self, batch: Sequence[RawMessage]) -> None:
+        m = self.metrics
+        pending: list[Awaitable[object]] = []
+        latest: dict[str, tuple[CatalogueItem, RawMessage]] = {}
+        for msg in batch:
+            try:
+                item = parse_catalogue_item(msg.value, self.limits)
+            except InvalidEvent as exc:
+                pending.append(await self._dead_letter(msg, exc.reason, exc.detail))
+                continue
+            m.events_in.labels("catalogue_item").inc()
+            latest.pop(item.item_id, None)  # re-insert: dict order = order of last records
+            latest[item.item_id] = (item, msg)
+        if latest:
+            items = [item for item, _ in latest.values()]
+            try:
+                await self._process(items)
+            except Exception:
+                m.batch_errors.labels("catalogue").inc()
+                log.exception("catalogue batch of %d failed; retrying item by item", len(items))
+                for item, msg in latest.values():
+                    try:
+                        await self._process([item])
+                    except Exception as exc:
+                        detail = repr(exc)[:500]
+                        await (await self._dead_letter(msg, Reason.PROCESSING_ERROR, detail))
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _process(self, items: list[CatalogueItem]) -> None:
+        """Embed, store (retried while Redis is unreachable), then index ``items``."""
+        t0 = time.perf_counter()
+        vectors = await self._embed([i.title for i in items])
+        t1 = time.perf_counter()
+        name = self.encoder.name if self.encoder is not None and vectors is not None else ""
+        stored = [
+            StoredItem(
+                item_id=i.item_id,
+                title=i.title,
+                timestamp_ms=i.timestamp_ms,
+                encoder=name,
+                vector=vectors[row] if vectors is not None else None,
+                category=i.category,
+                price=i.price,
+            )
+            for row, i in enumerate(items)
+        ]
+        attempt = 0
+        while True:
+            try:
+                position = await self.store.put_batch(stored)
+                break
+            except StateStoreError as exc:
+                attempt += 1
+                self.metrics.batch_errors.labels("catalogue_state").inc()
+                delay = min(MAX_BACKOFF_S, 0.05 * 2**attempt)
+                log.warning("redis unavailable (%s); retrying catalogue in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+        self._own.add(position)
+        if self.index is not None and vectors is not None:
+            self.index.upsert([i.item_id for i in items], vectors)
+        self.metrics.stage_ms.labels("catalogue_embed").observe((t1 - t0) * 1000)
+        self.metrics.stage_ms.labels("catalogue_store").observe((time.perf_counter() - t1) * 1000)
+
+    async def _embed(self, titles: list[str]) -> np.ndarray | None:
+        """``float32[N, dim]`` from one encoder call in a worker thread; None without one."""
+        if self.encoder is None or not titles:
+            return None
+        vectors = await asyncio.to_thread(self.encoder.encode, titles)
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def load(self) -> int:
+        """Index every stored item (one SCAN pass); titles stored without a vector of this
+        encoder are embedded now, in chunks, and written back, so that this happens once.
+        Returns how many items were indexed."""
+        items, self.cursor = await self.store.load_all()
+        return await self._index(items, write_back=True)
+
+    async def sync(self) -> int:
+        """Index the items other workers stored since the last ``load`` / ``sync``."""
+        items, positions, self.cursor = await self.store.changes_since(self.cursor)
+        if not positions or set(positions) <= self._own:
+            self._own.difference_update(positions)
+            return 0
+        self._own.difference_update(positions)
+        return await self._index(items, write_back=False)
+
+    async def _index(self, items: list[StoredItem], *, write_back: bool) -> int:
+        if self.index is None or self.encoder is None or not items:
+            return 0
+        name, dim = self.encoder.name, self.index.dim
+        current = [
+            i.encoder == name and i.vector is not None and i.vector.size == dim for i in items
+        ]
+        ready = [i for i, ok in zip(items, current, strict=True) if ok]
+        stale = [i for i, ok in zip(items, current, strict=True) if not ok]
+        for start in range(0, len(stale), LOAD_CHUNK):
+            chunk = stale[start : start + LOAD_CHUNK]
+            vectors = await self._embed([i.title for i in chunk])
+            assert vectors is not None
+            for row, item in enumerate(chunk):
+                item.encoder, item.vector = name, vectors[row]
+            if write_back:
+                self._own.add(await self.store.put_batch(chunk))
+            ready.extend(chunk)
+        for start in range(0, len(ready), 4096):
+            chunk = ready[start : start + 4096]
+            vectors = np.stack([np.asarray(i.vector, dtype=np.float32) for i in chunk])
+            self.index.upsert([i.item_id for i in chunk], vectors)
+        return len(ready)
+
+    async def _dead_letter(self, msg: RawMessage, reason: Reason, detail: str) -> Awaitable[object]:
+        return await dead_letter(
+            self.publish, self.metrics, self.dead_letter_topic, msg, reason, detail
+        )

@@ -84,6 +84,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_search(args: argparse.Namespace) -> int:
+    try:
+        from stream.search_eval_job import run_search_eval
+    except ImportError as err:  # scipy: the dev (or eval) extra
+        print(f"evaluate-search needs {err.name}: pip install -e '.[dev]'")
+        return 2
+    run_search_eval(args.data, Path(args.report), limit_queries=args.limit_queries)
+    print(f"report written to {args.report}/report.md")
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from stream.import_job import load_events_file
     from stream.replay import check_range, parse_bound
@@ -184,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=_cmd_evaluate)
 
+    es = sub.add_parser(
+        "evaluate-search",
+        help="search quality on Home Depot queries: BM25 vs text encoder vs hybrid, report",
+    )
+    es.add_argument("--data", help="train.csv(.gz) or its folder (default: the shared dataset)")
+    es.add_argument("--limit-queries", type=int, help="a seeded sample of N queries (default all)")
+    es.add_argument("--report", default="reports/search", help="output folder")
+    es.set_defaults(func=_cmd_evaluate_search)
+
     rp = sub.add_parser(
         "replay", help="replay events (a file or a topic range) through Kafka and a worker"
     )
@@ -208,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from stream.import_job import add_import_arguments
 
-    im = sub.add_parser("import", help="import event files or a dataset as canonical events")
+    im = sub.add_parser(
+        "import",
+        help="import event files or a dataset as canonical events, or a catalogue (--items)",
+    )
     add_import_arguments(im)
     im.set_defaults(func=_cmd_import)
     return p

@@ -4,6 +4,10 @@ The parsing lives in ``topics.importer`` / ``topics.loaders``, so tests and trai
 use it without Kafka. This module only maps flags to an ``ImportSpec``, prints the
 ``LoadReport`` (every row that did not become an event is counted there by reason) and writes
 the output. Kafka messages are keyed by ``user_id``, like every producer of ``user-events``.
+
+``--items FILE`` imports a catalogue instead (``topics.importer.import_items``): item id,
+title, category and price columns -> canonical ``CatalogueItem`` JSONL and/or the catalogue
+topic, keyed by ``item_id``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ from pathlib import Path
 from stream.settings import load_settings
 from topics.datasets import LoadReport, TimeUnit, load_diginetica_views, open_text
 from topics.events import EventType, UserEvent
-from topics.importer import ImportSpec, ImportSpecError, import_files, parse_type_map, write_jsonl
+from topics.importer import (
+    ImportSpec,
+    ImportSpecError,
+    ItemImportSpec,
+    import_files,
+    import_items,
+    parse_type_map,
+    write_items_jsonl,
+    write_jsonl,
+)
 from topics.loaders import DATASETS, datasets_root, load_dataset
 
 
@@ -25,6 +38,14 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     """The ``import`` flags (documented in docs/evaluation.md, "Importing data")."""
     src = p.add_argument_group("input")
     src.add_argument("paths", nargs="*", type=Path, help="CSV/TSV/JSONL files (.gz allowed)")
+    src.add_argument(
+        "--items",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a catalogue file (repeatable) instead of events: --item-col, --title-col, "
+        "--category-col, --price-col; --topic then takes the catalogue topic",
+    )
     src.add_argument("--dataset", choices=sorted(DATASETS), help="a ready-made loader instead")
     src.add_argument("--datasets-root", help="default: $STREAMREC_DATASETS or ../shared/datasets")
     src.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl"])
@@ -50,17 +71,23 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     cols.add_argument("--query-col", help="search query column")
     cols.add_argument("--quantity-col", help="quantity column (whole numbers)")
     cols.add_argument("--price-col", help="unit price column")
+    cols.add_argument("--title-col", help="item title column (--items)")
+    cols.add_argument("--category-col", help="item category column (--items)")
     cols.add_argument("--session-gap-min", type=float, default=30.0, help="default 30")
     cols.add_argument("--id-prefix", help="event ids are PREFIX-LINE (default: the file stem)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, help="write canonical JSONL here (.gz compresses)")
-    out.add_argument("--topic", help="produce the events to this Kafka topic, keyed by user_id")
+    out.add_argument(
+        "--topic", help="produce to this Kafka topic, keyed by user_id (--items: by item_id)"
+    )
     out.add_argument("--rate", type=float, default=0.0, help="events/s to Kafka (0 = max)")
     out.add_argument("--strict", action="store_true", help="any bad row: write nothing, exit 1")
 
 
 def spec_from_args(args: argparse.Namespace) -> ImportSpec:
     """The ``ImportSpec`` the flags describe (``--delimiter '\\t'`` or ``tab`` means a tab)."""
+    if getattr(args, "title_col", None) or getattr(args, "category_col", None):
+        raise ImportSpecError("--title-col and --category-col map a catalogue: use --items FILE")
     delimiter = args.delimiter
     if delimiter in ("\\t", "tab"):
         delimiter = "\t"
@@ -99,9 +126,65 @@ def load_from_args(args: argparse.Namespace) -> tuple[list[UserEvent], LoadRepor
     return import_files(args.paths, spec_from_args(args))
 
 
+def item_spec_from_args(args: argparse.Namespace) -> ItemImportSpec:
+    """The ``ItemImportSpec`` of the ``--items`` flags; every item is stamped with now."""
+    event_flags = ("user_col", "session_col", "time_col", "type_col", "query_col", "quantity_col")
+    used = [f"--{f.removesuffix('_col')}-col" for f in event_flags if getattr(args, f)]
+    if used:
+        raise ImportSpecError(f"{', '.join(used)}: event columns, not for --items")
+    if args.dataset or args.paths:
+        raise ImportSpecError("--items takes the catalogue files; give no other files or --dataset")
+    delimiter = "\t" if args.delimiter in ("\\t", "tab") else args.delimiter
+    return ItemImportSpec(
+        item_col=args.item_col,
+        title_col=args.title_col,
+        category_col=args.category_col,
+        price_col=args.price_col,
+        fmt=args.format,
+        delimiter=delimiter,
+        encoding=args.encoding,
+        timestamp_ms=int(time.time() * 1000),
+    )
+
+
+def run_item_import(args: argparse.Namespace) -> int:
+    """``streamrec import --items``: exit codes as ``run_import``."""
+    started = time.perf_counter()
+    try:
+        spec = item_spec_from_args(args)
+        for path in args.items:
+            if not path.is_file():
+                raise ImportSpecError(f"{path}: no such file")
+        items, report = import_items(args.items, spec)
+    except UnicodeDecodeError as exc:
+        print(f"streamrec import: error: {exc} (set --encoding, e.g. latin-1)", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"streamrec import: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary().replace("  events ", "  items ", 1))
+    print(f"read in {time.perf_counter() - started:.2f} s")
+    if args.strict and report.bad_rows:
+        print(f"--strict: {report.bad_rows:,} bad rows, nothing written", file=sys.stderr)
+        return 1
+    if args.out:
+        n = write_items_jsonl(items, args.out)
+        print(f"wrote {n:,} catalogue items to {args.out}")
+    if args.topic:
+        from stream.replay import produce  # aiokafka only when producing
+
+        bootstrap = load_settings().kafka_bootstrap_servers
+        messages = [(i.item_id.encode(), i.to_bytes()) for i in items]
+        asyncio.run(produce(bootstrap, args.topic, messages, rate=args.rate))
+        print(f"produced {len(messages):,} catalogue items to {args.topic} at {bootstrap}")
+    return 0
+
+
 def run_import(args: argparse.Namespace) -> int:
     """Run one import: 0 on success, 2 for a usage or file problem, 1 with ``--strict`` when a
     row was bad (then nothing is written, so a partial import never reaches Kafka)."""
+    if getattr(args, "items", None):
+        return run_item_import(args)
     started = time.perf_counter()
     try:
         events, report = load_from_args(args)

@@ -4,13 +4,20 @@ Per batch, whatever its size: one pipelined Redis round trip (read + update ever
 state), one FAISS search plus vectorised co-visitation and session-kNN lookups for
 candidates, one ONNX Runtime call, one vectorised blend and top-K. The worker (agents.py),
 the demo and offline replays all call ``recommend_batch``.
+
+With a ``TextSearch`` (the worker's item text index and text encoder), searches and views of
+items only the catalogue knows are ranked by text similarity too: one encoder call for the
+batch's query texts and one text-index search for all such rows (``text_rows``), whose hits
+join the candidates and are scored by ``search_scores``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,9 +28,13 @@ from features.user_state import UserState, decode_state
 from models.covisit import covisit_candidates, covisit_scores
 from models.serving import BlendWeights, ServingModel
 from models.session_knn import knn_scores, sparse_lookup
+from models.text_index import ItemTextIndex
 from models.topk import top_k_excluding
-from topics.events import EventType, UserEvent
+from topics.events import ITEM_EVENTS, EventType, UserEvent
 from topics.recommendations import Recommendation
+
+if TYPE_CHECKING:  # the encoder module loads tokenizers; the pipeline only calls .encode
+    from models.text_encoder import TextEncoder
 
 # Share of the newest item (vs the long-term vector) in the retrieval query.
 LAST_ITEM_SHARE = 0.7
@@ -31,6 +42,12 @@ LAST_ITEM_SHARE = 0.7
 KNN_CANDIDATES = 50
 # Online co-visitation is read for the session's newest ONLINE_DEPTH items (weights 1, 1/2, ..).
 ONLINE_DEPTH = 3
+# Weight of the normalised personal score against the text cosine in search ranking.
+DEFAULT_PERSONAL_WEIGHT = 0.1
+# Text-index results per search (or per text-seeded view).
+DEFAULT_TEXT_HITS = 100
+# Query vectors kept for repeated queries (384 floats each: 10 000 take 15 MB).
+DEFAULT_QUERY_CACHE = 10_000
 _NO_ITEM = bytes(8)
 
 
@@ -251,6 +268,216 @@ def blend_scores(signals: Signals, weights: BlendWeights) -> np.ndarray:
     return score.astype(np.float32)
 
 
+class QueryCache:
+    """Least-recently-used query text -> unit vector ``float32[dim]``.
+
+    Encoding a query costs milliseconds of CPU (MiniLM: about 4 ms for a short query on one
+    core, far more than the rest of a search), and shoppers repeat queries a lot, so a
+    repeated query is not encoded again. Keys are lower-cased with whitespace collapsed, which
+    the uncased encoder does not tell apart either. ``capacity`` 0 keeps nothing.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_QUERY_CACHE) -> None:
+        self.capacity = capacity
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def encode(self, encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
+        """``float32[N, dim]`` for ``texts``: one encoder call for the distinct texts not
+        cached (none when all are)."""
+        keys = [" ".join(t.lower().split()) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._vectors))
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            vectors = np.asarray(encoder.encode(missing), dtype=np.float32)
+            fresh = dict(zip(missing, vectors, strict=True))
+        out = np.empty((len(keys), encoder.dim), dtype=np.float32)
+        for row, key in enumerate(keys):
+            vec = fresh.get(key)
+            if vec is None:
+                vec = self._vectors[key]
+                self._vectors.move_to_end(key)
+            out[row] = vec
+        if self.capacity:
+            self._vectors.update(fresh)
+            while len(self._vectors) > self.capacity:
+                self._vectors.popitem(last=False)
+        return out
+
+
+@dataclass(slots=True)
+class TextSearch:
+    """Search and text cold start: what the pipeline needs beyond the model bundle.
+
+    index:           catalogue titles as unit vectors of one encoder (``models.text_index``)
+    encoder:         embeds query text into ``index``'s space; None: text searches are answered
+                     from the session, as without search
+    token_encoder:   embeds token-id queries (``query_tokens``, ids joined by spaces, e.g. the
+                     hashed DIGINETICA tokens) into ``index``'s space; None (the default, none
+                     is trained): such searches are answered from the session
+    personal_weight: ``w`` of ``search_scores``
+    hits:            text-index results per query
+    cache:           vectors of recent query texts (``encoder``'s)
+    """
+
+    index: ItemTextIndex
+    encoder: TextEncoder | None = None
+    token_encoder: TextEncoder | None = None
+    personal_weight: float = DEFAULT_PERSONAL_WEIGHT
+    hits: int = DEFAULT_TEXT_HITS
+    cache: QueryCache = field(default_factory=QueryCache)
+
+
+@dataclass(slots=True)
+class TextRows:
+    """The rows of a batch ranked by text, and their text-index hits (H per row).
+
+    rows:  int64[T]       batch rows that have a text query and at least one hit
+    hits:  int64[B, H]    hit candidates: model indices 1..N, then N + 1 + j for ``extra[j]``
+                          (items only the catalogue knows); 0 = none, and 0 on other rows
+    cos:   float32[B, H]  cosine of each hit with its row's query, 0 where there is none
+    extra: ids of the catalogue-only items among the hits, ``extra_hashes`` uint64[E] theirs
+    personal_weight: ``w`` of ``search_scores``
+    """
+
+    rows: np.ndarray
+    hits: np.ndarray
+    cos: np.ndarray
+    extra: list[str]
+    extra_hashes: np.ndarray
+    personal_weight: float
+
+
+def text_rows(
+    events: list[UserEvent],
+    states: list[UserState],
+    model: ServingModel,
+    search: TextSearch,
+    stage: dict[str, float],
+) -> TextRows | None:
+    """Text queries of a batch and their hits: at most one encoder call for the searches'
+    texts (those not in ``search.cache``; one more for token-only searches when there is a
+    token encoder) and one text-index search for every such row; None when no row has a text
+    query or the index is empty.
+
+    Rows with a text query: a search with a non-blank ``query`` (given an encoder) or else
+    ``query_tokens`` (given a token encoder); and an item event whose item the bundle does not
+    know but the catalogue does, whose query is that item's stored title vector (no encoder
+    call): this is how a brand-new item seeds recommendations. Catalogue-only items of the
+    session are added to ``seen`` of ``states``' rows by the caller (``exclude_extra``).
+    """
+    if not len(search.index):
+        return None
+    t0 = time.perf_counter()
+    text_at: list[int] = []
+    texts: list[str] = []
+    token_at: list[int] = []
+    tokens: list[str] = []
+    item_at: list[int] = []
+    for i, e in enumerate(events):
+        if e.event_type is EventType.SEARCH:
+            if search.encoder is not None and e.query and e.query.strip():
+                text_at.append(i)
+                texts.append(e.query)
+            elif search.token_encoder is not None and e.query_tokens:
+                token_at.append(i)
+                tokens.append(" ".join(str(t) for t in e.query_tokens))
+        elif e.event_type in ITEM_EVENTS and states[i].recent:
+            item_at.append(i)
+    rows: list[np.ndarray] = []
+    queries: list[np.ndarray] = []
+    if item_at:
+        newest = hashes_to_u64([states[i].recent[0] for i in item_at])
+        seeded = (model.indices_of(newest) == 0) & search.index.contains(newest)
+        if seeded.any():
+            rows.append(np.array(item_at, dtype=np.int64)[seeded])
+            queries.append(search.index.vectors_of(newest[seeded]))
+    t_enc = time.perf_counter()
+    if text_at and search.encoder is not None:
+        rows.append(np.array(text_at, dtype=np.int64))
+        queries.append(search.cache.encode(search.encoder, texts))
+    if token_at and search.token_encoder is not None:
+        rows.append(np.array(token_at, dtype=np.int64))
+        queries.append(np.asarray(search.token_encoder.encode(tokens), dtype=np.float32))
+    if text_at or token_at:
+        stage["encode"] = (time.perf_counter() - t_enc) * 1000
+    if not rows:
+        return None
+    row_index = np.concatenate(rows)
+    n = min(search.hits, len(search.index))
+    scores, hashes = search.index.search(np.concatenate(queries), n)
+    found = np.isfinite(scores)
+    n_model = len(model.item_ids)
+    flat = hashes.ravel()
+    idx = model.indices_of(flat)
+    new = (idx == 0) & found.ravel()
+    extra_hashes, inverse = np.unique(flat[new], return_inverse=True)
+    idx[new] = n_model + 1 + inverse
+    idx[~found.ravel()] = 0
+    b = len(events)
+    hits = np.zeros((b, n), dtype=np.int64)
+    cos = np.zeros((b, n), dtype=np.float32)
+    hits[row_index] = idx.reshape(scores.shape)
+    cos[row_index] = np.where(found, scores, 0.0)
+    extra = [search.index.item_id(h) for h in extra_hashes.tolist()]
+    # "text": the lookups and the text-index search; the encoder's share is "encode".
+    stage["text"] = (time.perf_counter() - t0) * 1000 - stage.get("encode", 0.0)
+    return TextRows(row_index, hits, cos, extra, extra_hashes, search.personal_weight)
+
+
+def exclude_extra(
+    text: TextRows, states: list[UserState], seen: list[set[int]], n_model: int
+) -> None:
+    """Add the catalogue-only items of each text row's current session to its ``seen`` set (as
+    their ``extra`` indices), so that a viewed new item is not recommended back to its
+    viewer."""
+    if not text.extra:
+        return
+    position = {h: n_model + 1 + j for j, h in enumerate(text.extra_hashes.tolist())}
+    for r in text.rows.tolist():
+        s = states[r]
+        session = hashes_to_u64(s.recent[: s.n_session]).tolist()
+        seen[r].update(position[h] for h in session if h in position)
+
+
+def search_scores(
+    blended: np.ndarray, candidates: np.ndarray, text: TextRows, n_model: int
+) -> np.ndarray:
+    """``float32[B, C]``: ``blended`` with the text rows re-scored; the hit columns are the last
+    H columns of ``candidates``.
+
+    On a text row, ``score = cos + w * personal``. ``cos`` is the candidate's cosine with the
+    query (text-index hits; 0 for the other candidates, whose text was not among the H best).
+    ``personal`` is the bundle's served score for this user and candidate (``blended``: the
+    ranker's logit plus the blended signals) min-max normalised to [0, 1] over the row's
+    candidates the bundle knows, and 0 for items it does not know (catalogue-only, scored by
+    text alone). Logits have no fixed scale across users, cosines do: normalising within the
+    row makes ``w`` (``STREAMREC_SEARCH_PERSONAL_WEIGHT``, default 0.1) the most that
+    personalisation can add, so it reorders matches of similar relevance (MiniLM cosines of
+    relevant titles differ by a few hundredths) without lifting an unrelated item above a
+    clear match; the session's usual candidates still fill the list when the text matches
+    run out. For a user without history the personal score is the bundle's prior.
+    """
+    rows = text.rows
+    out = blended.copy()
+    if rows.size == 0:
+        return out
+    cands = candidates[rows]
+    score = blended[rows]
+    known = (cands > 0) & (cands <= n_model) & np.isfinite(score)
+    lo = np.where(known, score, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(known, score, -np.inf).max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # rows without a known candidate: inf - inf
+        spread = np.where(np.isfinite(hi - lo) & (hi > lo), hi - lo, 1.0)
+        personal = np.where(known & (hi > lo), (score - lo) / spread, 0.0)
+    cos = np.zeros(score.shape, dtype=np.float32)
+    cos[:, cands.shape[1] - text.hits.shape[1] :] = text.cos[rows]
+    out[rows] = cos + np.float32(text.personal_weight) * personal
+    return out.astype(np.float32)
+
+
 @dataclass(slots=True)
 class ScoredBatch:
     """A batch after state, retrieval and scoring, before blending and top-K: what the
@@ -261,6 +488,7 @@ class ScoredBatch:
     signals: Signals
     stage_ms: dict[str, float]
     unknown_items: int
+    text: TextRows | None = None
 
 
 async def score_batch(
@@ -272,12 +500,15 @@ async def score_batch(
     n_candidates: int,
     online: CovisitStore | None = None,
     every_signal: bool = False,
+    search: TextSearch | None = None,
 ) -> ScoredBatch:
     """Update state for every trigger, gather candidates from every source in use and
     compute their signals: one Redis round trip for user state, one for the online
     co-visitation store (when given; it learns from every batch whatever the blend), one
     FAISS search, one ONNX call. Signals (and their candidate sources) whose blend weight is
-    0 are skipped unless ``every_signal``."""
+    0 are skipped unless ``every_signal``. With ``search``, the text rows' hits
+    (``text_rows``: one encoder call, one text-index search) are the last candidate columns;
+    catalogue-only hits are scored as padding by the bundle and re-scored in ``rank_batch``."""
     stage: dict[str, float] = {}
     weights = model.blend
     events = [t.event for t in triggers]
@@ -297,6 +528,12 @@ async def score_batch(
         t1 = t1b
 
     arrays = build_arrays(states, model)
+    text = None
+    if search is not None:
+        text = text_rows(events, states, model, search, stage)
+        if text is not None:
+            exclude_extra(text, states, arrays.seen, len(model.item_ids))
+            t1 = time.perf_counter()
     popular = None
     if live is not None and live.trending.size:
         popular = np.concatenate([live.trending, model.popular])
@@ -315,23 +552,29 @@ async def score_batch(
     if every_signal or weights.knn > 0:
         knn = knn_scores(model.session_index, arrays.recent, arrays.session_len)
         parts.append(knn.top(KNN_CANDIDATES))
+    if text is not None:
+        parts.append(text.hits)  # last: search_scores finds the hits' cosines there
     cands = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    # The bundle scores catalogue-only hits as padding (their scores are replaced later).
+    known = (
+        cands if text is None or not text.extra else np.where(cands > len(model.item_ids), 0, cands)
+    )
     t2 = time.perf_counter()
     stage["retrieval"] = (t2 - t1) * 1000
 
-    signals = Signals(model.scorer.score(arrays.recent, arrays.user_vec, cands))
+    signals = Signals(model.scorer.score(arrays.recent, arrays.user_vec, known))
     if use_covisit:
-        signals.covisit = covisit_scores(arrays.recent, cands, model.covisit_neighbours,
+        signals.covisit = covisit_scores(arrays.recent, known, model.covisit_neighbours,
                                          model.covisit_weights)  # fmt: skip
     if use_seq:
-        signals.sequential = covisit_scores(arrays.recent, cands, model.sequential_neighbours,
+        signals.sequential = covisit_scores(arrays.recent, known, model.sequential_neighbours,
                                             model.sequential_weights, depth=1)  # fmt: skip
     if knn is not None:
-        signals.knn = knn.lookup(cands)
+        signals.knn = knn.lookup(known)
     if use_online and live is not None:
-        signals.online = live.lookup(cands)
+        signals.online = live.lookup(known)
     stage["scoring"] = (time.perf_counter() - t2) * 1000
-    return ScoredBatch(arrays, cands, signals, stage, unknown)
+    return ScoredBatch(arrays, cands, signals, stage, unknown, text)
 
 
 def rank_batch(
@@ -342,16 +585,21 @@ def rank_batch(
     k: int,
     clock: Callable[[], float] = time.time,
 ) -> BatchResult:
-    """Blend the signals, take the top-K unseen items and build one Recommendation per
-    trigger, in order."""
+    """Blend the signals (text rows: ``search_scores``), take the top-K unseen items and
+    build one Recommendation per trigger, in order."""
     t3 = time.perf_counter()
     scores = blend_scores(scored.signals, model.blend)
+    item_ids = model.item_ids
+    n_model = len(item_ids)
+    extra: list[str] = []
+    if scored.text is not None:
+        scores = search_scores(scores, scored.candidates, scored.text, n_model)
+        extra = scored.text.extra
     ranked_items, ranked_scores = top_k_excluding(
         np.round(scores, 5), scored.candidates, scored.arrays.seen, k
     )
     now_ms = clock() * 1000
     recs: list[Recommendation] = []
-    item_ids = model.item_ids
     for t, idx_row, score_row in zip(triggers, ranked_items, ranked_scores, strict=True):
         e = t.event
         recs.append(
@@ -360,7 +608,9 @@ def rank_batch(
                 session_id=e.session_id,
                 event_id=e.event_id,
                 kind="search" if e.event_type is EventType.SEARCH else "recommend",
-                items=[item_ids[i - 1] for i in idx_row],
+                items=[
+                    item_ids[i - 1] if i <= n_model else extra[i - n_model - 1] for i in idx_row
+                ],
                 scores=score_row,
                 model_version=model.version,
                 produced_at_ms=int(now_ms),
@@ -381,12 +631,13 @@ async def recommend_batch(
     k: int,
     n_candidates: int,
     online: CovisitStore | None = None,
+    search: TextSearch | None = None,
     clock: Callable[[], float] = time.time,
 ) -> BatchResult:
     """Update state for every trigger and return one Recommendation per trigger, in order."""
     if not triggers:
         return BatchResult([])
     scored = await score_batch(
-        triggers, store, model, k=k, n_candidates=n_candidates, online=online
+        triggers, store, model, k=k, n_candidates=n_candidates, online=online, search=search
     )
     return rank_batch(triggers, scored, model, k=k, clock=clock)

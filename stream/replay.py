@@ -210,7 +210,7 @@ class IsolatedRun:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         try:
-            asyncio.run(delete_topics(self.bootstrap, list(self.topics)))
+            asyncio.run(delete_topics(self.bootstrap, [t.name for t in all_topics(self.prefix)]))
         except Exception as err:  # cleanup must not hide the run's own outcome
             print(f"note: could not delete the run's topics: {err}")
 

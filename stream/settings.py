@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     # Online co-visitation and trending in Redis, learnt from every batch.
     online_covisit: bool = True
 
+    # Search and item cold start (docs/architecture.md, "Search").
+    text_encoder: str = Field("minilm", pattern=r"^(minilm|none)$")
+    search_personal_weight: float = Field(0.1, ge=0, le=100)
+    search_candidates: int = Field(100, ge=1, le=10_000)
+    search_query_cache: int = Field(10_000, ge=0, le=10_000_000)
+    catalogue_sync_s: float = Field(1.0, gt=0, le=3600)
+
     max_event_bytes: int = Field(16_384, ge=256)
     metrics_port: int = Field(9108, ge=0, le=65535)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")

@@ -6,6 +6,11 @@ counted in the ``LoadReport`` under a reason with its file and line, so bad data
 instead of silently shrinking the dataset. The canonical JSONL that ``write_jsonl`` writes is an
 input format too: with no column mapping each line goes through ``parse_event`` (the worker's
 own validation), so an export re-imports to the very same events.
+
+Catalogue files (``streamrec import --items``) go the same way into ``CatalogueItem``s:
+``ItemImportSpec`` maps the item id, title, category and price columns, ``import_items``
+reads them (canonical JSONL through ``parse_catalogue_item``) and ``write_items_jsonl``
+writes the canonical form.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from topics.catalogue import CatalogueItem, CatalogueLimits, parse_catalogue_item
 from topics.datasets import (
     ID_MAX_CHARS,
     LoadReport,
@@ -191,7 +197,19 @@ def _read_canonical(path: Path, report: LoadReport) -> list[UserEvent]:
     return events
 
 
-def _records(path: Path, spec: ImportSpec, report: LoadReport) -> list[tuple[int, dict[str, Any]]]:
+class _Layout(Protocol):
+    """What ``_records`` reads of an ``ImportSpec`` or ``ItemImportSpec``."""
+
+    @property
+    def fmt(self) -> str: ...
+    @property
+    def delimiter(self) -> str | None: ...
+    @property
+    def encoding(self) -> str: ...
+    def columns(self) -> dict[str, str]: ...
+
+
+def _records(path: Path, spec: _Layout, report: LoadReport) -> list[tuple[int, dict[str, Any]]]:
     """(line, role -> raw cell) for every structurally sound row; structural problems (column
     count, JSON syntax) are counted here. A mapped column absent from the file raises
     ``ImportSpecError``, naming its flag."""
@@ -358,3 +376,128 @@ def _number(raw: dict[str, Any], role: str, kind: type[int] | type[float]) -> An
     if not math.isfinite(value) or (kind is int and not value.is_integer()):
         raise _BadRow(f"bad_{role}", repr(text))
     return kind(value)
+
+
+# ------------------------------------------------------------------------------ catalogue
+
+_ITEM_ROLES = ("item", "title", "category", "price")
+_ITEM_NEEDED = "--item-col and --title-col"
+_CATALOGUE_LIMITS = CatalogueLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class ItemImportSpec:
+    """How a catalogue file's columns map to ``CatalogueItem`` fields (``streamrec import
+    --items`` flags). No column flag at all means the files are canonical catalogue JSONL.
+    Files carry no time: every item gets ``timestamp_ms`` (the import's start by default)."""
+
+    item_col: str | None = None
+    title_col: str | None = None
+    category_col: str | None = None
+    price_col: str | None = None
+    fmt: str = "auto"
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    timestamp_ms: int = 0
+
+    @property
+    def canonical(self) -> bool:
+        return not self.columns()
+
+    def check(self) -> None:
+        """Raise ``ImportSpecError`` naming the flags a mapped import still needs."""
+        if self.canonical:
+            if self.fmt in ("csv", "tsv"):
+                raise ImportSpecError(f"--format {self.fmt} needs {_ITEM_NEEDED}")
+            return
+        missing = [f for f, c in (("--item-col", self.item_col), ("--title-col", self.title_col))
+                   if not c]  # fmt: skip
+        if missing:
+            raise ImportSpecError(f"missing {', '.join(missing)} (a catalogue import needs both)")
+
+    def columns(self) -> dict[str, str]:
+        return {r: c for r in _ITEM_ROLES if (c := getattr(self, f"{r}_col"))}
+
+
+def import_items(
+    paths: Sequence[Path], spec: ItemImportSpec
+) -> tuple[list[CatalogueItem], LoadReport]:
+    """Import catalogue files into one list, one item per id (a later row of the same id
+    replaces the earlier one and is counted under ``skipped: duplicate_item``), in order of
+    each id's last row; the report accounts for every row."""
+    spec.check()
+    report = LoadReport(source=", ".join(str(p) for p in paths))
+    latest: dict[str, CatalogueItem] = {}
+    for path in paths:
+        if spec.canonical:
+            read = _read_canonical_items(path, report)
+        else:
+            read = _read_mapped_items(path, spec, report)
+        for where, item in read:
+            if latest.pop(item.item_id, None) is not None:
+                report.add_skipped("duplicate_item", where, f"item {item.item_id!r} again")
+            latest[item.item_id] = item
+    report.events = len(latest)
+    return list(latest.values()), report
+
+
+def write_items_jsonl(items: Iterable[CatalogueItem], path: Path) -> int:
+    """Write canonical catalogue records, one JSON object per line (gzip when the name ends
+    in ``.gz``), atomically. Returns the count."""
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with gzip.open(tmp, "wb") if path.suffix == ".gz" else open(tmp, "wb") as fh:
+        for item in items:
+            fh.write(item.to_bytes() + b"\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _read_canonical_items(path: Path, report: LoadReport) -> list[tuple[str, CatalogueItem]]:
+    out: list[tuple[str, CatalogueItem]] = []
+    with open_binary(path) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            report.rows += 1
+            where = f"{path.name} line {line_no}"
+            if not line.strip():
+                report.add_skipped("blank_line", where)
+                continue
+            if line_no == 1 and not line.lstrip().startswith(b"{"):
+                raise ImportSpecError(
+                    f"{path.name} is not canonical catalogue JSONL; map it with {_ITEM_NEEDED}"
+                )
+            try:
+                out.append((where, parse_catalogue_item(line, _CATALOGUE_LIMITS)))
+            except InvalidEvent as exc:
+                report.add_bad(exc.reason.value, where, exc.detail)
+    return out
+
+
+def _read_mapped_items(
+    path: Path, spec: ItemImportSpec, report: LoadReport
+) -> list[tuple[str, CatalogueItem]]:
+    out: list[tuple[str, CatalogueItem]] = []
+    limits = _CATALOGUE_LIMITS
+    for line_no, raw in _records(path, spec, report):
+        where = f"{path.name} line {line_no}"
+        try:
+            item = _id(raw, "item")
+            if item is None:
+                raise _BadRow("missing_item")
+            title = _text(raw.get("title"), "title")
+            if title is None:
+                raise _BadRow("missing_title")
+            if len(title) > limits.max_title_chars:
+                raise _BadRow("title_too_long", f"{len(title)} characters")
+            category = _text(raw.get("category"), "category")
+            if category is not None and len(category) > limits.max_category_chars:
+                raise _BadRow("category_too_long", f"{len(category)} characters")
+            price = _number(raw, "price", float)
+            if price is not None and price < 0:
+                raise _BadRow("bad_price", repr(price))
+        except _BadRow as exc:
+            report.add_bad(exc.reason, where, str(exc))
+            continue
+        out.append((where, CatalogueItem(item, title, spec.timestamp_ms, category, price)))
+    return out

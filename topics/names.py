@@ -1,6 +1,9 @@
 """Topic names, partition counts and retention: the only place they are spelled.
 
 Events are keyed by ``user_id`` so that one user's events stay in one partition, in order.
+The item catalogue is keyed by ``item_id`` and kept forever (``retention.ms=-1``): it is the
+record of every item's title, which a new worker or a rebuilt Redis can be re-fed from. One
+partition keeps every update of an item in order, and a catalogue is low-volume.
 A deployment can prefix every name (``STREAMREC_TOPIC_PREFIX``) to run several isolated
 pipelines (for example a replay) on one cluster.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DAY_MS = 24 * 3600 * 1000
+FOREVER = -1  # retention.ms: never delete
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,14 @@ DEAD_LETTERS = TopicSpec(
     "dead-letters", 1, 14 * DAY_MS, "events that failed validation, with the reason"
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (USER_EVENTS, RECOMMENDATIONS, DEAD_LETTERS)
+ITEM_CATALOGUE = TopicSpec(
+    "item-catalogue",
+    1,
+    FOREVER,
+    "one CatalogueItem (title, category, price) per item update, key=item_id",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (USER_EVENTS, RECOMMENDATIONS, DEAD_LETTERS, ITEM_CATALOGUE)
 
 
 def all_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
@@ -50,3 +61,8 @@ def topic_names(prefix: str = "") -> tuple[str, str, str]:
         prefix + RECOMMENDATIONS.name,
         prefix + DEAD_LETTERS.name,
     )
+
+
+def catalogue_topic(prefix: str = "") -> str:
+    """The item catalogue topic name with ``prefix`` applied."""
+    return prefix + ITEM_CATALOGUE.name

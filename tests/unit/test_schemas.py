@@ -4,8 +4,9 @@ Always: each schema loads from the installed package data, is draft 2020-12, and
 lists, enums and limits equal the dataclasses, enums and ``Limits`` of topics/, so the
 schemas cannot drift from the code. With ``jsonschema`` importable (the ``dev`` extra), also:
 the schemas are valid, and ``parse_event`` accepts exactly the events the user-event schema
-accepts, over a sweep of mutated events. docs/events.md is checked too: its dead-letter
-examples give the reason they claim, and its topic table matches topics/names.py.
+accepts, over a sweep of mutated events (``parse_catalogue_item`` and the catalogue-item
+schema likewise). docs/events.md is checked too: its dead-letter examples give the reason they
+claim, and its topic table matches topics/names.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import orjson
 import pytest
 
-from topics import dead_letter, events, recommendations
+from topics import catalogue, dead_letter, events, recommendations
+from topics.catalogue import CatalogueItem, CatalogueLimits, parse_catalogue_item
 from topics.dead_letter import DeadLetter
 from topics.events import (
     ITEM_EVENTS,
@@ -36,7 +38,12 @@ from topics.names import ALL_TOPICS
 from topics.recommendations import Recommendation
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-SCHEMA_FILES = ("user-event.schema.json", "recommendation.schema.json", "dead-letter.schema.json")
+SCHEMA_FILES = (
+    "user-event.schema.json",
+    "recommendation.schema.json",
+    "dead-letter.schema.json",
+    "catalogue-item.schema.json",
+)
 # Dead-letter reasons outside topics.events.Reason (none: processing_error is a Reason too).
 EXTRA_DEAD_LETTER_REASONS: set[str] = set()
 EVENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
@@ -222,6 +229,27 @@ def test_dead_letter_fields_match_the_code() -> None:
     assert schema["properties"]["schema_version"]["const"] == dead_letter.SCHEMA_VERSION
     reasons = set(schema["properties"]["reason"]["enum"])
     assert reasons == {r.value for r in Reason} | EXTRA_DEAD_LETTER_REASONS
+
+
+def test_catalogue_item_fields_and_limits_match_the_code() -> None:
+    schema = load("catalogue-item.schema.json")
+    props = schema["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(CatalogueItem)}
+    assert set(props) == set(catalogue.KNOWN_FIELDS)
+    no_default = {
+        f.name for f in dataclasses.fields(CatalogueItem) if f.default is dataclasses.MISSING
+    }
+    assert set(schema["required"]) == no_default
+    assert schema["additionalProperties"] is True
+    assert props["schema_version"]["const"] == catalogue.SCHEMA_VERSION
+    limits = CatalogueLimits()
+    assert schema["x-streamrec-max-bytes"] == limits.max_bytes
+    assert branches(schema, props["item_id"])[0]["maxLength"] == limits.max_id_chars
+    assert props["title"]["maxLength"] == limits.max_title_chars
+    assert branches(schema, props["category"])[0]["maxLength"] == limits.max_category_chars
+    item = CatalogueItem("sku-1", "Cordless drill", 1_700_000_000_000, "Tools", 99.0)
+    assert_types(schema, item.to_dict())
+    assert parse_catalogue_item(item.to_bytes()) == item
 
 
 def test_dead_letter_base64_fields_round_trip() -> None:
@@ -447,3 +475,78 @@ def test_worker_output_validates() -> None:
     assert not letters.is_valid(
         {**orjson.loads(sample_dead_letters()[0].to_bytes()), "reason": "bogus"}
     )
+
+
+CATALOGUE_BASES: list[dict[str, Any]] = [
+    {"item_id": "sku-1", "title": "Cordless drill", "timestamp_ms": 1_700_000_000_000},
+    {
+        "schema_version": 1,
+        "item_id": 42,
+        "title": " Lawn mower ",
+        "timestamp_ms": 0,
+        "category": "Outdoor",
+        "price": 199.5,
+        "colour": "red",
+    },
+    {"item_id": "x", "title": "t", "timestamp_ms": 1.5, "category": None, "price": 0},
+]
+CATALOGUE_POOL: list[Any] = [*POOL, " ", "  \t", " x ", "t" * 1000, "t" * 1001, -0.5, 0]
+
+
+def _catalogue_accepted(raw: bytes) -> bool:
+    try:
+        parse_catalogue_item(raw)
+    except InvalidEvent:
+        return False
+    return True
+
+
+def test_parse_catalogue_item_accepts_exactly_what_the_schema_accepts() -> None:
+    validator = _validator("catalogue-item.schema.json")
+    cases: list[dict[str, Any]] = []
+    for base in CATALOGUE_BASES:
+        assert _catalogue_accepted(json.dumps(base).encode()), base
+        validator.validate(base)
+        for name in sorted(catalogue.KNOWN_FIELDS):
+            dropped = dict(base)
+            dropped.pop(name, None)
+            cases.append(dropped)
+            cases.extend({**base, name: value} for value in CATALOGUE_POOL)
+    disagree = []
+    for obj in cases:
+        raw = json.dumps(obj).encode()
+        if len(raw) > CatalogueLimits().max_bytes:
+            continue
+        by_code, by_schema = _catalogue_accepted(raw), validator.is_valid(json.loads(raw))
+        if by_code != by_schema:
+            disagree.append((by_code, by_schema, obj))
+    assert not disagree, f"{len(disagree)} of {len(cases)} disagree, e.g. {disagree[:3]}"
+    assert len(cases) > 500
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"title": "t", "timestamp_ms": 1}', Reason.MISSING_FIELD),
+        (b'{"item_id": "i", "timestamp_ms": 1}', Reason.MISSING_FIELD),
+        (b'{"item_id": "i", "title": "t"}', Reason.MISSING_FIELD),
+        (b'{"item_id": true, "title": "t", "timestamp_ms": 1}', Reason.WRONG_TYPE),
+        (b'{"item_id": "i", "title": 5, "timestamp_ms": 1}', Reason.WRONG_TYPE),
+        (b'{"item_id": "i", "title": " ", "timestamp_ms": 1}', Reason.INVALID_VALUE),
+        (b'{"item_id": "i", "title": "t", "timestamp_ms": 1, "price": -1}', Reason.INVALID_VALUE),
+        (b'{"item_id": "i", "title": "t", "timestamp_ms": 1, "price": "9"}', Reason.WRONG_TYPE),
+        (b'{"schema_version": 2, "item_id": "i", "title": "t", "timestamp_ms": 1}',
+         Reason.UNSUPPORTED_SCHEMA_VERSION),
+        (b"[1]", Reason.NOT_AN_OBJECT),
+        (b"{", Reason.MALFORMED_JSON),
+        (None, Reason.MALFORMED_JSON),
+        (b'{"item_id": "i", "title": "' + b"t" * 20_000 + b'", "timestamp_ms": 1}',
+         Reason.OVERSIZED),
+    ],
+)  # fmt: skip
+def test_catalogue_items_fail_with_their_dead_letter_reason(
+    raw: bytes | None, reason: Reason
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_catalogue_item(raw)
+    assert info.value.reason is reason
