@@ -39,10 +39,11 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(VENV)/bin/mypy stream models features topics
 
-bench: install  ## benchmarks (bench/, ~4-5 min; Kafka on 29092, Redis on 26379): see docs/benchmarks.md
+bench: install  ## benchmarks (bench/, ~7 min; Kafka on 29092, Redis on 26379): see docs/benchmarks.md
 	$(PY) bench/batching.py
 	$(PY) bench/throughput.py
 	$(PY) bench/encoder.py
+	$(PY) bench/search.py
 
 clean-services:  ## stop local Kafka and Redis started by the scripts
 	-deploy/local/kafka.sh stop

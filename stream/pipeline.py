@@ -13,6 +13,7 @@ join the candidates and are scored by ``search_scores``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -350,7 +351,7 @@ class TextRows:
     personal_weight: float
 
 
-def text_rows(
+async def text_rows(
     events: list[UserEvent],
     states: list[UserState],
     model: ServingModel,
@@ -367,6 +368,10 @@ def text_rows(
     know but the catalogue does, whose query is that item's stored title vector (no encoder
     call): this is how a brand-new item seeds recommendations. Catalogue-only items of the
     session are added to ``seen`` of ``states``' rows by the caller (``exclude_extra``).
+
+    The encoder runs on a worker thread (ONNX Runtime releases the GIL): a batch of cold
+    queries costs ~5 ms each on CPU, and the event loop must keep consuming and publishing
+    meanwhile (the catalogue agent's encoder call does the same).
     """
     if not len(search.index):
         return None
@@ -397,10 +402,11 @@ def text_rows(
     t_enc = time.perf_counter()
     if text_at and search.encoder is not None:
         rows.append(np.array(text_at, dtype=np.int64))
-        queries.append(search.cache.encode(search.encoder, texts))
+        queries.append(await asyncio.to_thread(search.cache.encode, search.encoder, texts))
     if token_at and search.token_encoder is not None:
         rows.append(np.array(token_at, dtype=np.int64))
-        queries.append(np.asarray(search.token_encoder.encode(tokens), dtype=np.float32))
+        vectors = await asyncio.to_thread(search.token_encoder.encode, tokens)
+        queries.append(np.asarray(vectors, dtype=np.float32))
     if text_at or token_at:
         stage["encode"] = (time.perf_counter() - t_enc) * 1000
     if not rows:
@@ -530,7 +536,7 @@ async def score_batch(
     arrays = build_arrays(states, model)
     text = None
     if search is not None:
-        text = text_rows(events, states, model, search, stage)
+        text = await text_rows(events, states, model, search, stage)
         if text is not None:
             exclude_extra(text, states, arrays.seen, len(model.item_ids))
             t1 = time.perf_counter()

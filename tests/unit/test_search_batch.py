@@ -225,3 +225,31 @@ def test_query_cache_keeps_the_most_recently_used() -> None:
     off.encode(enc, ["a"])
     off.encode(enc, ["a"])
     assert enc.calls[-2:] == [["a"], ["a"]] and len(off) == 0
+
+
+async def test_query_encoding_does_not_block_the_event_loop() -> None:
+    import asyncio
+    import time
+
+    class SlowEncoder(FakeEncoder):
+        def encode(self, texts: Any) -> np.ndarray:
+            time.sleep(0.3)  # a CPU-bound ONNX run, which releases the GIL
+            return super().encode(texts)
+
+    ctx, _, _ = search_context()
+    ctx.encoder = SlowEncoder()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        result, _ = await run([search("1", "u", "cordless drill")], ctx)
+    finally:
+        task.cancel()
+    assert result.recommendations[0].kind == "search"
+    assert ticks >= 10  # the loop kept running while the query was encoded
