@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from topics.events import InvalidEvent, Reason
+from topics.events import InvalidEvent, Reason, parse_record
 
 SCHEMA_VERSION = 1
 MAX_TS_MS = 32_503_680_000_000  # year 3000, as for events
@@ -97,21 +97,7 @@ def parse_catalogue_item(
     syntax, object, ``schema_version``, ``item_id``, ``title``, ``timestamp_ms``,
     ``category``, ``price``. Unknown fields are ignored.
     """
-    if raw is None:
-        raise InvalidEvent(Reason.MALFORMED_JSON, "empty message (null value)")
-    if len(raw) > limits.max_bytes:
-        raise InvalidEvent(Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_bytes}")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(Reason.MALFORMED_JSON, str(exc)[:200]) from exc
-    if not isinstance(obj, dict):
-        raise InvalidEvent(
-            Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
-        )
-    version = obj.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise InvalidEvent(Reason.UNSUPPORTED_SCHEMA_VERSION, f"schema_version {version!r}")
+    obj = parse_record(raw, limits.max_bytes)
 
     item = obj.get("item_id")
     if item is None:

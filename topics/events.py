@@ -141,16 +141,15 @@ def _optional_int(obj: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
-    """Validate one Kafka message value and return the event it carries.
-
-    Raises ``InvalidEvent`` (never anything else) for bad input, so the caller can dead-letter
-    the message with ``exc.reason`` and go on.
-    """
+def parse_record(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+    """The envelope every input record shares: a non-null value of at most ``max_bytes``
+    that is one JSON object of a supported ``schema_version``. Returns the object; raises
+    ``InvalidEvent`` with the reason otherwise. Used by ``parse_event`` and by the catalogue
+    (topics/catalogue.py)."""
     if raw is None:
         raise InvalidEvent(Reason.MALFORMED_JSON, "empty message (null value)")
-    if len(raw) > limits.max_bytes:
-        raise InvalidEvent(Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_bytes}")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(Reason.OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -159,10 +158,19 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
         raise InvalidEvent(
             Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
         )
-
     version = obj.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise InvalidEvent(Reason.UNSUPPORTED_SCHEMA_VERSION, f"schema_version {version!r}")
+    return obj
+
+
+def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
+    """Validate one Kafka message value and return the event it carries.
+
+    Raises ``InvalidEvent`` (never anything else) for bad input, so the caller can dead-letter
+    the message with ``exc.reason`` and go on.
+    """
+    obj = parse_record(raw, limits.max_bytes)
 
     if "event_type" not in obj:
         raise InvalidEvent(Reason.MISSING_FIELD, "'event_type' is required")
