@@ -16,9 +16,12 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from stream.settings import load_settings
+from topics.catalogue import CatalogueItem
 from topics.datasets import LoadReport, TimeUnit, load_diginetica_views, open_text
 from topics.events import EventType, UserEvent
 from topics.importer import (
@@ -32,6 +35,13 @@ from topics.importer import (
     write_jsonl,
 )
 from topics.loaders import DATASETS, datasets_root, load_dataset
+
+
+class _Record(Protocol):
+    def to_bytes(self) -> bytes: ...
+
+
+R = TypeVar("R", bound=_Record)
 
 
 def add_import_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,35 +159,15 @@ def item_spec_from_args(args: argparse.Namespace) -> ItemImportSpec:
 
 def run_item_import(args: argparse.Namespace) -> int:
     """``streamrec import --items``: exit codes as ``run_import``."""
-    started = time.perf_counter()
-    try:
+
+    def load() -> tuple[list[CatalogueItem], LoadReport]:
         spec = item_spec_from_args(args)
         for path in args.items:
             if not path.is_file():
                 raise ImportSpecError(f"{path}: no such file")
-        items, report = import_items(args.items, spec)
-    except UnicodeDecodeError as exc:
-        print(f"streamrec import: error: {exc} (set --encoding, e.g. latin-1)", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        print(f"streamrec import: error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary().replace("  events ", "  items ", 1))
-    print(f"read in {time.perf_counter() - started:.2f} s")
-    if args.strict and report.bad_rows:
-        print(f"--strict: {report.bad_rows:,} bad rows, nothing written", file=sys.stderr)
-        return 1
-    if args.out:
-        n = write_items_jsonl(items, args.out)
-        print(f"wrote {n:,} catalogue items to {args.out}")
-    if args.topic:
-        from stream.replay import produce  # aiokafka only when producing
+        return import_items(args.items, spec)
 
-        bootstrap = load_settings().kafka_bootstrap_servers
-        messages = [(i.item_id.encode(), i.to_bytes()) for i in items]
-        asyncio.run(produce(bootstrap, args.topic, messages, rate=args.rate))
-        print(f"produced {len(messages):,} catalogue items to {args.topic} at {bootstrap}")
-    return 0
+    return _run(args, load, "catalogue items", write_items_jsonl, lambda i: i.item_id)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -185,30 +175,43 @@ def run_import(args: argparse.Namespace) -> int:
     row was bad (then nothing is written, so a partial import never reaches Kafka)."""
     if getattr(args, "items", None):
         return run_item_import(args)
+    return _run(args, lambda: load_from_args(args), "events", write_jsonl, lambda e: e.user_id)
+
+
+def _run(
+    args: argparse.Namespace,
+    load: Callable[[], tuple[Sequence[R], LoadReport]],
+    noun: str,
+    write: Callable[[Sequence[R], Path], int],
+    key: Callable[[R], str],
+) -> int:
+    """Read (``load``), report, and write to ``--out`` and/or produce to ``--topic`` keyed by
+    ``key``: the steps events and catalogue items share."""
     started = time.perf_counter()
     try:
-        events, report = load_from_args(args)
+        records, report = load()
     except UnicodeDecodeError as exc:
         print(f"streamrec import: error: {exc} (set --encoding, e.g. latin-1)", file=sys.stderr)
         return 2
     except (ValueError, OSError, KeyError) as exc:  # ImportSpecError, missing or broken files
         print(f"streamrec import: error: {exc}", file=sys.stderr)
         return 2
-    print(report.summary())
+    summary = report.summary()
+    print(summary if noun == "events" else summary.replace("  events ", "  items ", 1))
     print(f"read in {time.perf_counter() - started:.2f} s")
     if args.strict and report.bad_rows:
         print(f"--strict: {report.bad_rows:,} bad rows, nothing written", file=sys.stderr)
         return 1
     if args.out:
-        n = write_jsonl(events, args.out)
-        print(f"wrote {n:,} events to {args.out}")
+        n = write(records, args.out)
+        print(f"wrote {n:,} {noun} to {args.out}")
     if args.topic:
         from stream.replay import produce  # aiokafka only when producing
 
         bootstrap = load_settings().kafka_bootstrap_servers
-        messages = [(e.user_id.encode(), e.to_bytes()) for e in events]
+        messages = [(key(r).encode(), r.to_bytes()) for r in records]
         asyncio.run(produce(bootstrap, args.topic, messages, rate=args.rate))
-        print(f"produced {len(messages):,} events to {args.topic} at {bootstrap}")
+        print(f"produced {len(messages):,} {noun} to {args.topic} at {bootstrap}")
     return 0
 
 
