@@ -36,8 +36,9 @@ class WorkerMetrics:
         )
         self.stage_ms = Histogram(
             "streamrec_stage_latency_ms",
-            "Per-stage latency of a micro-batch in ms (validate, state, online, retrieval, "
-            "scoring, rank, publish)",
+            "Per-stage latency of a micro-batch in ms (validate, state, online, encode, text, "
+            "retrieval, scoring, rank, publish; catalogue batches: catalogue_embed, "
+            "catalogue_store)",
             ["stage"],
             buckets=MS_BUCKETS,
             registry=r,

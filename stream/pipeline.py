@@ -536,10 +536,11 @@ async def score_batch(
     arrays = build_arrays(states, model)
     text = None
     if search is not None:
+        t_text = time.perf_counter()
         text = await text_rows(events, states, model, search, stage)
         if text is not None:
             exclude_extra(text, states, arrays.seen, len(model.item_ids))
-            t1 = time.perf_counter()
+        t1 += time.perf_counter() - t_text  # text_rows records "encode" and "text" itself
     popular = None
     if live is not None and live.trending.size:
         popular = np.concatenate([live.trending, model.popular])
