@@ -36,6 +36,7 @@ import orjson
 from features.keys import item_hashes_u64
 from models.retrieval import Retriever
 from models.session_knn import SessionIndex
+from models.token_encoder import TOKENS_FILE, TokenEncoder
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -99,6 +100,7 @@ def write_bundle(
     covisit: tuple[np.ndarray, np.ndarray] | None = None,
     sequential: tuple[np.ndarray, np.ndarray] | None = None,
     session_index: SessionIndex | None = None,
+    token_encoder: TokenEncoder | None = None,
 ) -> Path:
     """Write ``<root>/<version>/`` atomically and return its path.
 
@@ -156,6 +158,13 @@ def write_bundle(
                 raise ModelError(f"session index has {session_index.n_items} items, bundle {n}")
             session_index.save(tmp / KNN_FILE)
             names.append(KNN_FILE)
+        if token_encoder is not None and len(token_encoder):
+            if token_encoder.dim != embeddings.shape[1]:
+                raise ModelError(
+                    f"token vectors: {token_encoder.dim} dims, items {embeddings.shape[1]}"
+                )
+            token_encoder.save(tmp / TOKENS_FILE)
+            names.append(TOKENS_FILE)
         files = {name: _manifest_entry(tmp / name) for name in names}
         manifest = {"format_version": FORMAT_VERSION, "version": version, "files": files}
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
@@ -211,6 +220,8 @@ class Bundle:
     sequential_weights: np.ndarray
     # Training sessions for session kNN; None when the bundle has none.
     session_index: SessionIndex | None = None
+    # Token-id query encoder into the item space (models/token_encoder.py); None when absent.
+    token_encoder: TokenEncoder | None = None
 
     @classmethod
     def load(cls, path: Path | str) -> Bundle:
@@ -252,6 +263,16 @@ class Bundle:
                 session_index = SessionIndex.load(path / KNN_FILE, n)
             except (ValueError, KeyError) as exc:
                 raise ModelError(f"{path}: {exc}") from exc
+        token_encoder = None
+        if (path / TOKENS_FILE).is_file():
+            try:
+                token_encoder = TokenEncoder.load(path / TOKENS_FILE)
+            except (ValueError, KeyError) as exc:
+                raise ModelError(f"{path}: {exc}") from exc
+            if token_encoder.dim != metadata["dim"]:
+                raise ModelError(
+                    f"{path}: token vectors {token_encoder.dim} dims, not {metadata['dim']}"
+                )
         return cls(
             version=str(metadata["version"]),
             path=path,
@@ -266,6 +287,7 @@ class Bundle:
             sequential_neighbours=seq_neighbours.astype(np.int64),
             sequential_weights=seq_weights.astype(np.float32),
             session_index=session_index,
+            token_encoder=token_encoder,
         )
 
     @property

@@ -23,9 +23,10 @@ import torch
 from models.bundle import ModelError, write_bundle
 from models.covisit import build_covisitation
 from models.ranker import SessionRanker
-from models.retrieval import Retriever
+from models.retrieval import Retriever, l2_normalise
 from models.scoring import INPUT_NAMES, OUTPUT_NAME
 from models.session_knn import SessionIndex
+from models.token_encoder import TokenEncoder
 from models.training import TrainConfig, train_ranker
 
 # Weight of log(1 + co-visitation) added to the ranker's logit; tuned on validation data by
@@ -109,12 +110,14 @@ def train_bundle(
     metadata: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     evaluate: Callable[[SessionRanker], dict[str, float]] | None = None,
+    token_queries: tuple[Sequence[Sequence[int]], np.ndarray] | None = None,
 ) -> Path:
     """Train, export, verify parity, index and write a bundle under ``out_root``; return its
     path. ``metadata`` should describe the training data (source, date range); the bundle
     also records the train config, item/session/pair counts, training time, parity and
     ``metrics`` (e.g. offline HR@20 measured by the caller); ``evaluate``, if given, is called
-    with the trained model and its result is added to the metrics."""
+    with the trained model and its result is added to the metrics. ``token_queries``
+    (token-id searches and the item index each led to) fit the bundle's token encoder."""
     started = time.perf_counter()
     model = train_ranker(sessions, len(item_ids), cfg)
     train_seconds = time.perf_counter() - started
@@ -158,4 +161,9 @@ def train_bundle(
                 sessions, len(item_ids), window=SEQUENTIAL_WINDOW, back_weight=0.0
             ),
             session_index=SessionIndex.build(sessions, len(item_ids)),
+            token_encoder=(
+                TokenEncoder.fit(token_queries[0], token_queries[1], l2_normalise(embeddings))
+                if token_queries is not None and len(token_queries[1])
+                else None
+            ),
         )

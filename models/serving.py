@@ -75,6 +75,8 @@ class ServingModel:
         self.sequential_neighbours = bundle.sequential_neighbours
         self.sequential_weights = bundle.sequential_weights
         self.session_index = bundle.session_index or SessionIndex.empty(bundle.n_items)
+        # Encodes token-id searches into the item space (None: the bundle has none).
+        self.token_encoder = bundle.token_encoder
         self.blend = BlendWeights.from_metadata(bundle.metadata)
         self.embeddings = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)
         norms = np.linalg.norm(self.embeddings, axis=1, keepdims=True)

@@ -433,6 +433,61 @@ async def text_rows(
     return TextRows(row_index, hits, cos, extra, extra_hashes, search.personal_weight)
 
 
+def token_rows(
+    events: list[UserEvent], model: ServingModel, search: TextSearch | None
+) -> TextRows | None:
+    """Searches that carry only hashed ``query_tokens`` (no text ``search`` handles), answered
+    with the bundle's learned token encoder (models/token_encoder.py) in the bundle's item
+    space: one encode call and one FAISS search for all such rows of the batch; the hits'
+    cosines then rank like text hits (``search_scores``). None without a token encoder or
+    such rows."""
+    encoder = model.token_encoder
+    if encoder is None or (search is not None and search.token_encoder is not None):
+        return None
+    text_ok = search is not None and search.encoder is not None and len(search.index) > 0
+    at = [
+        i
+        for i, e in enumerate(events)
+        if e.event_type is EventType.SEARCH
+        and e.query_tokens
+        and not (text_ok and e.query and e.query.strip())
+    ]
+    if not at:
+        return None
+    queries = encoder.encode([" ".join(str(t) for t in events[i].query_tokens or ()) for i in at])
+    has = np.linalg.norm(queries, axis=1) > 0
+    if not has.any():
+        return None
+    rows = np.array(at, dtype=np.int64)[has]
+    n = min(DEFAULT_TEXT_HITS, len(model.item_ids))
+    cos, idx = model.retriever.search(queries[has], n)
+    hits = np.zeros((len(events), n), dtype=np.int64)
+    sims = np.zeros((len(events), n), dtype=np.float32)
+    hits[rows] = idx
+    sims[rows] = np.where(idx > 0, cos, 0.0)
+    weight = search.personal_weight if search is not None else DEFAULT_PERSONAL_WEIGHT
+    return TextRows(rows, hits, sims, [], np.zeros(0, dtype=np.uint64), weight)
+
+
+def merge_rows(a: TextRows | None, b: TextRows | None) -> TextRows | None:
+    """One ``TextRows`` from two with disjoint rows (hits padded to the wider of the two)."""
+    if a is None or b is None:
+        return a or b
+    width = max(a.hits.shape[1], b.hits.shape[1])
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])))
+
+    return TextRows(
+        np.concatenate([a.rows, b.rows]),
+        pad(a.hits) + pad(b.hits),
+        pad(a.cos) + pad(b.cos),
+        a.extra + b.extra,
+        np.concatenate([a.extra_hashes, b.extra_hashes]),
+        a.personal_weight,
+    )
+
+
 def exclude_extra(
     text: TextRows, states: list[UserState], seen: list[set[int]], n_model: int
 ) -> None:
@@ -541,6 +596,11 @@ async def score_batch(
         if text is not None:
             exclude_extra(text, states, arrays.seen, len(model.item_ids))
         t1 += time.perf_counter() - t_text  # text_rows records "encode" and "text" itself
+    if model.token_encoder is not None:
+        t_tok = time.perf_counter()
+        text = merge_rows(text, token_rows(events, model, search))
+        stage["text"] = stage.get("text", 0.0) + (time.perf_counter() - t_tok) * 1000
+        t1 += time.perf_counter() - t_tok
     popular = None
     if live is not None and live.trending.size:
         popular = np.concatenate([live.trending, model.popular])

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.blend_search import search_blend
 from models.bundle import derive_bundle, promote
 from models.evaluation import hit_rate_at_k, mrr_at_k
@@ -44,6 +46,30 @@ def held_out_pairs(test: list[UserEvent], item_ids: list[str]) -> tuple[list[lis
             prefixes.append(s[:t])
             targets.append(s[t])
     return prefixes, targets
+
+
+def token_search_pairs(
+    events: list[UserEvent], item_ids: list[str]
+) -> tuple[list[list[int]], np.ndarray]:
+    """Token-id searches and the item each led to: the next item event of the same session,
+    when the catalogue knows it. Fits the bundle's token encoder (models/token_encoder.py)."""
+    index = {item: i + 1 for i, item in enumerate(item_ids)}
+    sessions: dict[str, list[UserEvent]] = {}
+    for e in sorted(events, key=lambda e: e.timestamp_ms):
+        sessions.setdefault(e.session_id, []).append(e)
+    queries: list[list[int]] = []
+    targets: list[int] = []
+    for evs in sessions.values():
+        pending: list[list[int]] = []
+        for e in evs:
+            if e.query_tokens:
+                pending.append(list(e.query_tokens))
+            elif e.item_id is not None and pending:
+                if e.item_id in index:
+                    queries += pending
+                    targets += [index[e.item_id]] * len(pending)
+                pending = []
+    return queries, np.array(targets, dtype=np.int64)
 
 
 def default_epochs(pairs: int) -> int:
@@ -110,6 +136,7 @@ def train_and_promote(
         cfg=cfg,
         metadata=metadata,
         evaluate=evaluate,
+        token_queries=token_search_pairs(train, data.item_ids),
     )
     if valid:
         blend, summary = tune_blend(path, train, valid)

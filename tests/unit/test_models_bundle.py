@@ -152,3 +152,22 @@ def test_serving_modules_do_not_import_torch() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_token_encoder_ships_in_the_bundle_and_must_match_its_space(tmp_path: Path) -> None:
+    from models.token_encoder import TOKENS_FILE, TokenEncoder
+
+    onnx = tmp_path / "fake.onnx"
+    onnx.write_bytes(b"not parsed by bundle.py")
+    emb = np.eye(5, 3, k=-1, dtype=np.float32)
+    common = {"onnx_path": onnx, "item_ids": ITEMS, "embeddings": emb, "max_recent": 7,
+              "popularity": np.ones(5, dtype=np.float32)}  # fmt: skip
+    tokens = TokenEncoder.fit([[11], [12]], np.array([1, 2]), emb)
+    path = write_bundle(tmp_path / "m", version="v1", token_encoder=tokens, **common)  # type: ignore[arg-type]
+    loaded = Bundle.load(path)
+    assert loaded.token_encoder is not None and loaded.token_encoder.name == tokens.name
+    assert (path / TOKENS_FILE).is_file()
+    assert Bundle.load(_write(tmp_path / "n")).token_encoder is None  # optional
+    wrong = TokenEncoder(np.array([1]), np.ones((1, 4), np.float32))
+    with pytest.raises(ModelError, match="4 dims"):
+        write_bundle(tmp_path / "m", version="v2", token_encoder=wrong, **common)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ def fake_model(max_recent: int = 4) -> SimpleNamespace:
         event_weights={"view": 1.0, "purchase": 3.0},
         blend=BlendWeights(),
         session_index=SessionIndex.empty(len(ITEMS)),
+        token_encoder=None,
         covisit_neighbours=np.zeros((6, 0), np.int64),
         covisit_weights=np.zeros((6, 0), np.float32),
     )
