@@ -153,14 +153,22 @@ def _score(
 def ensure_model(
     settings: Settings, train: list[UserEvent], valid: list[UserEvent], data: Path
 ) -> Path:
-    from models.bundle import latest_bundle
+    """The current bundle, trained first when there is none or when it predates the blended
+    ranking (no ``blend`` in its metadata): the demo should show what the code serves now."""
+    import orjson
+
+    from models.bundle import METADATA_FILE, latest_bundle
 
     path = latest_bundle(settings.model_dir)
     if path is not None:
-        return path
+        if "blend" in orjson.loads((path / METADATA_FILE).read_bytes()):
+            return path
+        why = f"bundle {path.name} predates the blended ranking"
+    else:
+        why = f"no model bundle in {settings.model_dir}"
     from stream.train_job import train_and_promote  # torch: training extra only
 
-    print(f"no model bundle in {settings.model_dir}: training one on {data.name} ...", flush=True)
+    print(f"{why}: training one on {data.name} ...", flush=True)
     return train_and_promote(train, settings.model_dir, source=str(data), valid=valid)
 
 

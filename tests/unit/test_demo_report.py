@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from stream.demo import _score, next_event_targets, popularity_lists, recommendable_targets
 from topics.events import EventType, UserEvent
 
@@ -40,3 +44,33 @@ def test_score_handles_string_ids() -> None:
     lists = {"1": ["sku-b", "sku-a"], "2": ["sku-c"]}
     hr, mrr, n = _score(lists, {"1": "sku-a", "2": "sku-z", "9": "sku-a"}, 20)
     assert (hr, mrr, n) == (0.5, 0.25, 2)
+
+
+def test_the_demo_retrains_a_bundle_that_predates_the_blended_ranking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    import stream.train_job
+    from models.bundle import promote, write_bundle
+    from stream.demo import ensure_model
+    from stream.settings import load_settings
+
+    onnx = tmp_path / "fake.onnx"
+    onnx.write_bytes(b"x")
+    common = {"onnx_path": onnx, "item_ids": ["a"], "embeddings": np.eye(2, 2, dtype=np.float32),
+              "popularity": np.ones(2, np.float32), "max_recent": 4}  # fmt: skip
+    old = write_bundle(tmp_path / "m", version="old", metadata={"covisit_blend": 1.0}, **common)  # type: ignore[arg-type]
+    promote(tmp_path / "m", old.name)
+    trained: list[str] = []
+    new = write_bundle(tmp_path / "m", version="new", metadata={"blend": {"neural": 1}}, **common)  # type: ignore[arg-type]
+
+    def fake_train(*args: object, **kwargs: object) -> Path:
+        trained.append("yes")
+        promote(tmp_path / "m", new.name)
+        return new
+
+    monkeypatch.setattr(stream.train_job, "train_and_promote", fake_train)
+    settings = load_settings(model_dir=tmp_path / "m")
+    assert ensure_model(settings, [], [], Path("sample.csv")) == new and trained == ["yes"]
+    assert ensure_model(settings, [], [], Path("sample.csv")) == new and trained == ["yes"]
