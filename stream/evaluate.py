@@ -37,6 +37,7 @@ from models.serving import ServingModel
 from models.topk import top_k_excluding
 from stream.pipeline import Trigger, online_batch, recommend_batch, score_batch, state_updates
 from topics.events import UserEvent
+from topics.recommendations import Recommendation
 
 T = TypeVar("T")
 # How far back the online co-visitation store is warmed, in its half-lives.
@@ -190,6 +191,34 @@ async def warm_online(
         await online.update_and_read(online_batch(list(chunk), states, model, read=False))
 
 
+async def served_recommendations(
+    model: ServingModel,
+    warm: Sequence[UserEvent],
+    test: Sequence[UserEvent],
+    *,
+    k: int,
+    n_candidates: int = 100,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Recommendation]:
+    """The worker's Recommendation for every event of ``test`` (by event id): warm state with
+    ``warm`` (training events of the test users), then replay ``test`` through
+    ``recommend_batch`` in micro-batches."""
+    out: dict[str, Recommendation] = {}
+
+    async def step(
+        triggers: list[Trigger], store: InMemoryStateStore, online: InMemoryCovisitStore
+    ) -> None:
+        result = await recommend_batch(
+            triggers, store, model, k=k, n_candidates=n_candidates, online=online
+        )
+        for rec in result.recommendations:
+            out[rec.event_id] = rec
+
+    await _replay(model, warm, test, step, batch_size=batch_size, progress=progress)
+    return out
+
+
 async def served_lists(
     model: ServingModel,
     warm: Sequence[UserEvent],
@@ -201,23 +230,12 @@ async def served_lists(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[str]]:
-    """The worker's lists for ``pairs``: warm state with ``warm`` (training events of the test
-    users), then replay ``test`` through ``recommend_batch`` in micro-batches."""
-    wanted = set(pairs.trigger_ids)
-    by_trigger: dict[str, list[str]] = {}
-
-    async def step(
-        triggers: list[Trigger], store: InMemoryStateStore, online: InMemoryCovisitStore
-    ) -> None:
-        result = await recommend_batch(
-            triggers, store, model, k=k, n_candidates=n_candidates, online=online
-        )
-        for rec in result.recommendations:
-            if rec.event_id in wanted:
-                by_trigger[rec.event_id] = rec.items
-
-    await _replay(model, warm, test, step, batch_size=batch_size, progress=progress)
-    return [by_trigger.get(t, []) for t in pairs.trigger_ids]
+    """The worker's lists for ``pairs`` (``served_recommendations``, aligned with pairs)."""
+    recs = await served_recommendations(
+        model, warm, test, k=k, n_candidates=n_candidates, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
+    return [recs[t].items if t in recs else [] for t in pairs.trigger_ids]
 
 
 async def served_signals(
