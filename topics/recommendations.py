@@ -28,9 +28,11 @@ class Recommendation:
     trigger_timestamp_ms: int
     latency_ms: float
     schema_version: int = SCHEMA_VERSION
+    # The A/B arm that served it (models/ab.py); absent when no split is configured.
+    arm: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": self.schema_version,
             "user_id": self.user_id,
             "session_id": self.session_id,
@@ -43,6 +45,9 @@ class Recommendation:
             "trigger_timestamp_ms": self.trigger_timestamp_ms,
             "latency_ms": self.latency_ms,
         }
+        if self.arm is not None:
+            out["arm"] = self.arm
+        return out
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Recommendation:

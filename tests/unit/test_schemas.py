@@ -206,8 +206,10 @@ def test_recommendation_fields_match_the_code() -> None:
     schema = load("recommendation.schema.json")
     names = [f.name for f in dataclasses.fields(Recommendation)]
     record = sample_recommendation().to_dict()
-    assert set(schema["properties"]) == set(names) == set(record)
-    assert set(schema["required"]) == set(record)
+    with_arm = dataclasses.replace(sample_recommendation(), arm="B").to_dict()
+    assert set(schema["properties"]) == set(names) == set(with_arm)
+    assert set(schema["required"]) == set(record) == set(with_arm) - {"arm"}  # arm: A/B only
+    assert_types(schema, with_arm)
     assert schema["additionalProperties"] is False
     assert schema["properties"]["schema_version"]["const"] == recommendations.SCHEMA_VERSION
     assert set(schema["properties"]["kind"]["enum"]) == {"recommend", "search"}
