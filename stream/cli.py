@@ -139,6 +139,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return run_import(args)
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from stream.registry import COMMANDS
+
+    return COMMANDS[args.models_command](args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -234,6 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_import_arguments(im)
     im.set_defaults(func=_cmd_import)
+
+    # `--model-dir` works before or after the models subcommand: the subcommands' copy
+    # defaults to SUPPRESS so that it does not hide the value given before.
+    mo = sub.add_parser("models", help="model registry: list, show, promote, rollback, diff")
+    mo.add_argument("--model-dir", help="bundle root (default: STREAMREC_MODEL_DIR)")
+    mo.set_defaults(func=_cmd_models)
+    mo_dir = argparse.ArgumentParser(add_help=False)
+    mo_dir.add_argument("--model-dir", default=argparse.SUPPRESS, help="bundle root")
+    mo_announce = argparse.ArgumentParser(add_help=False)
+    mo_announce.add_argument(
+        "--no-announce", action="store_true", help="do not publish on the model-updates topic"
+    )
+    msub = mo.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", parents=[mo_dir], help="every bundle, verified; * marks CURRENT")
+    ms = msub.add_parser("show", parents=[mo_dir], help="metadata, files and verification")
+    ms.add_argument("version")
+    mp = msub.add_parser(
+        "promote", parents=[mo_dir, mo_announce], help="verify, make CURRENT, record, announce"
+    )
+    mp.add_argument("version")
+    msub.add_parser(
+        "rollback", parents=[mo_dir, mo_announce], help="promote the version that served before"
+    )
+    md = msub.add_parser("diff", parents=[mo_dir], help="metadata, files, item overlap of A, B")
+    md.add_argument("a", metavar="A")
+    md.add_argument("b", metavar="B")
     return p
 
 
