@@ -11,6 +11,7 @@ TRAINING_ONLY = {
     "models/ranker.py",
     "models/training.py",
     "models/export.py",
+    "models/online_training.py",
     "stream/train_job.py",
 }
 
