@@ -95,6 +95,38 @@ def _cmd_evaluate_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_online(args: argparse.Namespace) -> int:
+    import orjson
+
+    from models.training import TrainConfig
+    from stream.import_job import load_events_file
+    from stream.online_eval import compare_online_frozen, plot
+    from topics.loaders import load_dataset
+
+    dataset = None if args.data else (args.dataset or "diginetica")
+    events, _ = load_dataset(dataset) if dataset else load_events_file(Path(args.data))
+    result = compare_online_frozen(
+        events,
+        train_share=args.train_share,
+        chunk_events=args.chunk,
+        train_cfg=TrainConfig(seed=args.seed, epochs=args.epochs or TrainConfig().epochs),
+    )
+    out = Path(args.report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "online.json").write_bytes(orjson.dumps(
+        {"online": result.online, "frozen": result.frozen, "chunks": result.chunks,
+         "train_events": result.train_events, "stream_events": result.stream_events},
+        option=orjson.OPT_INDENT_2,
+    ))  # fmt: skip
+    name = dataset or Path(args.data).name
+    plot(result, out / "online-vs-frozen.png", f"{name}: prequential HR@20, online vs frozen")
+    for label, m in (("online", result.online), ("frozen", result.frozen)):
+        print(f"{label:7s} HR@20 {m['hr@20']:.4f}  MRR@20 {m['mrr@20']:.4f}  "
+              f"over {m['examples']:.0f} stream examples")  # fmt: skip
+    print(f"report written to {out}/online.json and online-vs-frozen.png")
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from stream.import_job import load_events_file
     from stream.replay import check_range, parse_bound
@@ -127,7 +159,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.from_ is not None or args.to is not None:
         print("--from/--to select a range of --topic; a file is replayed whole")
         return 2
-    events, _ = load_dataset(args.dataset) if args.dataset else load_events_file(Path(args.data))
+    dataset = None if args.data else (args.dataset or "diginetica")
+    events, _ = load_dataset(dataset) if dataset else load_events_file(Path(args.data))
     return run_replay(
         events, out=Path(args.out), rate=args.rate, settings=load_settings(), report=report
     )
@@ -209,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--limit-queries", type=int, help="a seeded sample of N queries (default all)")
     es.add_argument("--report", default="reports/search", help="output folder")
     es.set_defaults(func=_cmd_evaluate_search)
+
+    eo = sub.add_parser(
+        "evaluate-online",
+        help="replay a dataset in time order: online fine-tuning vs the frozen model "
+        "(prequential HR/MRR@20 per chunk), report + plot",
+    )
+    eo_src = eo.add_mutually_exclusive_group()
+    eo_src.add_argument("--dataset", help="a ready-made dataset (default: diginetica)")
+    eo_src.add_argument("--data", help="an events file (canonical JSONL or DIGINETICA views)")
+    eo.add_argument("--train-share", type=float, default=0.5, help="first share that trains")
+    eo.add_argument("--chunk", type=int, default=500, help="stream events per chunk")
+    eo.add_argument("--epochs", type=int, help="epochs of the initial training")
+    eo.add_argument("--seed", type=int, default=0)
+    eo.add_argument("--report", default="reports/online", help="output folder")
+    eo.set_defaults(func=_cmd_evaluate_online)
 
     rp = sub.add_parser(
         "replay", help="replay events (a file or a topic range) through Kafka and a worker"
