@@ -80,11 +80,14 @@ class BatchHandler:
         n_candidates: int,
         online: CovisitStore | None = None,
         search: TextSearch | None = None,
+        follow_model_half_life: bool = False,
     ) -> None:
         self.store = store
         self.online = online
         self.search = search
+        # Rebound by a hot swap (stream/model_updates.py); ``handle`` reads it once per batch.
         self.model = model
+        self.follow_model_half_life = follow_model_half_life
         self.metrics = metrics
         self.publish = publish
         self.recommendations_topic = recommendations_topic
@@ -94,6 +97,10 @@ class BatchHandler:
         self.n_candidates = n_candidates
 
     async def handle(self, batch: Sequence[RawMessage]) -> None:
+        # One model for the whole batch: a hot swap rebinds ``self.model`` while this batch
+        # awaits Redis or Kafka, and must take effect at the next batch, not halfway through
+        # (candidates of one version scored or ranked by another).
+        model = self.model
         m = self.metrics
         m.batch_size.observe(len(batch))
         t0 = time.perf_counter()
@@ -112,7 +119,8 @@ class BatchHandler:
         m.stage_ms.labels("validate").observe((time.perf_counter() - t0) * 1000)
 
         if triggers:
-            result = await self._recommend(triggers, sources)
+            self._follow(model)
+            result = await self._recommend(triggers, sources, model)
             t1 = time.perf_counter()
             payloads = encode_recommendations(result.recommendations)
             for rec, value in zip(result.recommendations, payloads, strict=True):
@@ -130,14 +138,27 @@ class BatchHandler:
         if pending:
             await asyncio.gather(*pending)
 
-    async def _recommend(self, triggers: list[Trigger], sources: list[RawMessage]) -> BatchResult:
+    def _follow(self, model: ServingModel) -> None:
+        """Write user vectors in the embedding space of ``model`` (and with its half-life,
+        unless a setting overrides it): after a swap to another space, a user's old vector
+        is ignored by ``build_arrays`` and replaced at their next item event."""
+        store = self.store
+        if store is None or model is None:  # handler tests without Redis or a model
+            return
+        store.space_id = model.space_id
+        if self.follow_model_half_life:
+            store.half_life_ms = model.half_life_ms
+
+    async def _recommend(
+        self, triggers: list[Trigger], sources: list[RawMessage], model: ServingModel
+    ) -> BatchResult:
         attempt = 0
         while True:
             try:
                 result = await recommend_batch(
                     triggers,
                     self.store,
-                    self.model,
+                    model,
                     k=self.k,
                     n_candidates=self.n_candidates,
                     online=self.online,
@@ -153,21 +174,23 @@ class BatchHandler:
             except Exception:
                 self.metrics.batch_errors.labels("pipeline").inc()
                 log.exception("batch of %d failed; retrying event by event", len(triggers))
-                return await self._one_by_one(triggers, sources)
+                return await self._one_by_one(triggers, sources, model)
         for stage, ms in result.stage_ms.items():
             self.metrics.stage_ms.labels(stage).observe(ms)
         if result.unknown_items:
             self.metrics.unknown_items.inc(result.unknown_items)
         return result
 
-    async def _one_by_one(self, triggers: list[Trigger], sources: list[RawMessage]) -> BatchResult:
+    async def _one_by_one(
+        self, triggers: list[Trigger], sources: list[RawMessage], model: ServingModel
+    ) -> BatchResult:
         out = BatchResult([])
         for t, msg in zip(triggers, sources, strict=True):
             try:
                 r = await recommend_batch(
                     [t],
                     self.store,
-                    self.model,
+                    model,
                     k=self.k,
                     n_candidates=self.n_candidates,
                     online=self.online,

@@ -4,29 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
 
 from features.item_text_store import RedisItemTextStore
 from features.online_covisit import RedisCovisitStore
 from features.store import StateStoreError, UserStateStore
+from models.bundle import ModelError, latest_bundle
+from models.scoring import Device
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.agents import BatchHandler, CatalogueHandler, RawMessage
 from stream.metrics import WorkerMetrics
+from stream.model_updates import ModelSwapper
 from stream.pipeline import QueryCache, TextSearch
 from stream.settings import Settings
 from topics import names
 from topics.catalogue import CatalogueLimits
 from topics.events import Limits
+from topics.model_updates import ModelUpdate
 
 if TYPE_CHECKING:
     from models.text_encoder import TextEncoder
 
 log = logging.getLogger("streamrec.worker")
+
+MODEL_FOLLOW_RETRY_S = 5.0
 
 
 def load_text_encoder(settings: Settings) -> TextEncoder | None:
@@ -57,8 +68,10 @@ def create_app(
 ) -> faust.App:
     """A faust App with two agents: user-events in micro-batches -> recommendations, and
     item-catalogue in micro-batches -> the item text index (and Redis); plus a timer that
-    indexes catalogue items other workers consumed. ``encoder`` None loads the configured
-    one (``load_text_encoder``)."""
+    indexes catalogue items other workers consumed; plus the hot swap of the served model
+    (``follow_model_updates`` on ``model-updates``, and a check of ``CURRENT`` every
+    ``STREAMREC_MODEL_POLL_S``). ``encoder`` None loads the configured one
+    (``load_text_encoder``)."""
     if encoder is None:
         encoder = load_text_encoder(settings)
     index = ItemTextIndex(encoder.dim, encoder.name) if encoder is not None else None
@@ -93,8 +106,24 @@ def create_app(
     )
     recs_topic = prefix + names.RECOMMENDATIONS.name
     dead_topic = prefix + names.DEAD_LETTERS.name
+    updates_topic = names.model_updates_topic(prefix)
     handler_box: dict[str, Handlers] = {}
     creating = asyncio.Lock()
+
+    def swapped(old: ServingModel, new: ServingModel, ms: float) -> None:
+        """The new model serves from the next micro-batch on (see ``BatchHandler.handle``)."""
+        metrics.model_info.labels(old.version, old.scorer.provider).set(0)
+        metrics.model_info.labels(new.version, new.scorer.provider).set(1)
+        if "h" in handler_box:
+            handler_box["h"].events.model = new
+
+    swapper = ModelSwapper(
+        model,
+        registry=metrics.registry,
+        device=cast(Device, settings.device),
+        on_swap=swapped,
+    )
+    app.swapper = swapper  # type: ignore[attr-defined]  # for tests and operators
 
     async def publish(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(
@@ -108,6 +137,7 @@ def create_app(
         return handler_box["h"]
 
     async def build() -> Handlers:
+        model = swapper.current  # the version served when the first agent starts
         client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         store = UserStateStore(
             client,
@@ -150,7 +180,9 @@ def create_app(
             store=store,
             online=online,
             search=search,
-            model=model,
+            # Not ``model``: a swap may have completed during the awaits above, before this
+            # handler was reachable by ``swapped``.
+            model=swapper.current,
             metrics=metrics,
             publish=publish,
             recommendations_topic=recs_topic,
@@ -158,6 +190,7 @@ def create_app(
             limits=Limits(max_bytes=settings.max_event_bytes),
             k=settings.top_k,
             n_candidates=settings.candidates,
+            follow_model_half_life=settings.half_life_s is None,
         )
         return Handlers(events_handler, cat)
 
@@ -187,12 +220,81 @@ def create_app(
         if added:
             log.info("item text index: %d items from other workers", added)
 
+    async def apply_update(update: ModelUpdate) -> None:
+        """Swap to the announced version if it is of this worker's model directory."""
+        if update.model_dir is not None and not _same_dir(update.model_dir, settings.model_dir):
+            log.info(
+                "model update %s is for %s, not %s; ignored",
+                update.version,
+                update.model_dir,
+                settings.model_dir,
+            )
+            return
+        age_ms = time.time() * 1000 - update.at_ms
+        log.info(
+            "model update: %s %s (announced %.0f ms ago)", update.action, update.version, age_ms
+        )
+        await swapper.load(settings.model_dir / update.version)
+
+    @app.task
+    async def follow_model_updates() -> None:
+        """Every announcement reaches every worker: each process reads ``model-updates`` in a
+        consumer group of its own, from the end (older versions are on disk, and the check
+        of ``CURRENT`` covers what was announced before this worker started)."""
+        group = f"{settings.group_id}-models-{socket.gethostname()}-{os.getpid()}"
+        while True:
+            consumer = AIOKafkaConsumer(
+                updates_topic,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                group_id=group,
+                auto_offset_reset="latest",
+                enable_auto_commit=True,
+            )
+            try:
+                await consumer.start()
+                announced = False
+                while True:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    if not announced and consumer.assignment():
+                        announced = True
+                        log.info("following model updates on %s as %s", updates_topic, group)
+                    for records in batch.values():
+                        for record in records:
+                            update = ModelUpdate.parse(record.value)
+                            if update is not None:
+                                await apply_update(update)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "model updates consumer failed; retrying in %.0fs", MODEL_FOLLOW_RETRY_S
+                )
+                await asyncio.sleep(MODEL_FOLLOW_RETRY_S)
+            finally:
+                await consumer.stop()
+
+    if settings.model_poll_s > 0:
+
+        @app.timer(interval=settings.model_poll_s)
+        async def check_current_model() -> None:
+            """The fallback for a missed announcement: serve what ``CURRENT`` names. A version
+            that was refused is tried again only when announced, not at every tick."""
+            try:
+                path = await asyncio.to_thread(latest_bundle, settings.model_dir)
+            except (ModelError, OSError) as exc:
+                log.warning("cannot read the current model (%s); keeping %s", exc, swapper.version)
+                return
+            if path is None or path.name == swapper.version or path.name in swapper.refused:
+                return
+            log.info("CURRENT names %s (serving %s)", path.name, swapper.version)
+            await swapper.load(path)
+
     @app.task
     async def announce() -> None:
         log.info(
             "serving model %s (%s) on %s; topics %s -> %s; search: %s",
-            model.version,
-            model.scorer.provider,
+            swapper.version,
+            swapper.current.scorer.provider,
             settings.kafka_bootstrap_servers,
             events.get_topic_name(),
             recs_topic,
@@ -200,3 +302,11 @@ def create_app(
         )
 
     return app
+
+
+def _same_dir(a: str | Path, b: Path) -> bool:
+    """Whether two spellings name one model directory (symlinks and ``~`` resolved)."""
+    try:
+        return Path(a).expanduser().resolve() == b.expanduser().resolve()
+    except OSError:
+        return False

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     search_candidates: int = Field(100, ge=1, le=10_000)
     search_query_cache: int = Field(10_000, ge=0, le=10_000_000)
     catalogue_sync_s: float = Field(1.0, gt=0, le=3600)
+    # Hot swap (docs/architecture.md, "Model updates"): how often a worker checks CURRENT in
+    # the model directory besides following the model-updates topic; 0 disables the check.
+    model_poll_s: float = Field(5.0, ge=0, le=86_400)
 
     max_event_bytes: int = Field(16_384, ge=256)
     metrics_port: int = Field(9108, ge=0, le=65535)

@@ -4,6 +4,8 @@ Events are keyed by ``user_id`` so that one user's events stay in one partition,
 The item catalogue is keyed by ``item_id`` and kept forever (``retention.ms=-1``): it is the
 record of every item's title, which a new worker or a rebuilt Redis can be re-fed from. One
 partition keeps every update of an item in order, and a catalogue is low-volume.
+``model-updates`` announces promoted model versions; each worker reads it in a consumer group
+of its own, so every worker sees every announcement.
 A deployment can prefix every name (``STREAMREC_TOPIC_PREFIX``) to run several isolated
 pipelines (for example a replay) on one cluster.
 """
@@ -46,7 +48,20 @@ ITEM_CATALOGUE = TopicSpec(
     "one CatalogueItem (title, category, price) per item update, key=item_id",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (USER_EVENTS, RECOMMENDATIONS, DEAD_LETTERS, ITEM_CATALOGUE)
+MODEL_UPDATES = TopicSpec(
+    "model-updates",
+    1,
+    7 * DAY_MS,
+    "one ModelUpdate per promoted or rolled-back bundle version; every worker reads all",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    USER_EVENTS,
+    RECOMMENDATIONS,
+    DEAD_LETTERS,
+    ITEM_CATALOGUE,
+    MODEL_UPDATES,
+)
 
 
 def all_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
@@ -66,3 +81,8 @@ def topic_names(prefix: str = "") -> tuple[str, str, str]:
 def catalogue_topic(prefix: str = "") -> str:
     """The item catalogue topic name with ``prefix`` applied."""
     return prefix + ITEM_CATALOGUE.name
+
+
+def model_updates_topic(prefix: str = "") -> str:
+    """The model-updates topic name with ``prefix`` applied."""
+    return prefix + MODEL_UPDATES.name
