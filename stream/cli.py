@@ -308,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         "promote", parents=[mo_dir, mo_announce], help="verify, make CURRENT, record, announce"
     )
     mp.add_argument("version")
+    mp.add_argument(
+        "--gate-events",
+        type=Path,
+        help="recent events (a file): promote only if the candidate passes the quality and "
+        "consistency gates against the current version on them (stream/gates.py)",
+    )
+    mp.add_argument("--force", action="store_true", help="promote even if a gate fails")
     msub.add_parser(
         "rollback", parents=[mo_dir, mo_announce], help="promote the version that served before"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import orjson
 
 from features.registry_store import RedisRegistryStore, RegistryStore
 from models.bundle import MANIFEST_FILE, METADATA_FILE, BundleIntegrityError, verify_bundle
+from models.gates import GateReport
 from models.registry import (
     HISTORY_FILE,
     BundleInfo,
@@ -231,7 +233,49 @@ def _run_promotion(args: argparse.Namespace, version: str | None) -> int:
     return 0
 
 
+GATES_FILE = "GATES.jsonl"
+
+
+def gate_candidate(root: Path, version: str, events_file: Path) -> GateReport | None:
+    """The gates of ``version`` against CURRENT on the events of ``events_file`` (replayed
+    through the serving code for both); None when nothing is current yet."""
+    from models.bundle import latest_bundle
+    from models.serving import ServingModel
+    from stream.gates import check_candidate
+    from stream.import_job import load_events_file
+
+    current = latest_bundle(root)
+    if current is None or current.name == version:
+        return None
+    events, _ = load_events_file(events_file)
+    return check_candidate(ServingModel.load(current), ServingModel.load(root / version),
+                           [], sorted(events, key=lambda e: e.timestamp_ms))  # fmt: skip
+
+
+def record_gate(root: Path, version: str, report: GateReport) -> None:
+    """Append the verdict to ``<root>/GATES.jsonl`` (bundles are immutable: their metadata is
+    covered by the manifest, so a verdict reached later is kept beside them)."""
+    line = orjson.dumps({"version": version, "at_ms": int(time.time() * 1000),
+                         **report.to_dict()})  # fmt: skip
+    with open(root / GATES_FILE, "ab") as fh:
+        fh.write(line + b"\n")
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
+    gate_events = getattr(args, "gate_events", None)
+    if gate_events is not None:
+        root = _model_dir(args, load_settings())
+        report = gate_candidate(root, args.version, gate_events)
+        if report is not None:
+            record_gate(root, args.version, report)
+            verdict = "passed" if report.passed else "FAILED"
+            numbers = ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
+            print(f"gates {verdict} for {args.version}: {numbers}")
+            for reason in report.reasons:
+                print(f"  {reason}")
+            if not report.passed and not args.force:
+                print(f"not promoted (--force overrides); verdict in {root / GATES_FILE}")
+                return 3
     return _run_promotion(args, args.version)
 
 

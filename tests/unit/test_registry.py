@@ -301,3 +301,31 @@ def test_diff_reports_metadata_files_and_item_overlap(
     assert run(root, "diff", "v1", "v3") == 0
     assert "B fails verification" in capsys.readouterr().out
     assert run(root, "diff", "v1", "nope") == 2
+
+
+def test_a_candidate_failing_a_gate_is_recorded_and_not_promoted(
+    root: Path, store: InMemoryRegistryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.gates import GateReport
+
+    verdicts = iter([
+        GateReport(False, ["consistency: overlap@20 0.100 < 0.3"], {"overlap@20": 0.1}),
+        GateReport(True, [], {"overlap@20": 0.8}),
+    ])  # fmt: skip
+    seen: list[tuple[str, Path]] = []
+
+    def fake_gate(r: Path, version: str, events: Path) -> GateReport:
+        seen.append((version, events))
+        return next(verdicts)
+
+    monkeypatch.setattr(stream_registry, "gate_candidate", fake_gate)
+    assert run(root, "promote", "v1", "--no-announce") == 0
+    events = root / "recent.jsonl"
+    assert run(root, "promote", "v2", "--no-announce", "--gate-events", str(events)) == 3
+    assert (root / "CURRENT").read_text().strip() == "v1"  # kept, not promoted
+    assert run(root, "promote", "v2", "--no-announce", "--gate-events", str(events)) == 0
+    assert (root / "CURRENT").read_text().strip() == "v2"
+    lines = [orjson.loads(x) for x in (root / "GATES.jsonl").read_bytes().splitlines()]
+    assert [(x["version"], x["passed"]) for x in lines] == [("v2", False), ("v2", True)]
+    assert lines[0]["reasons"] == ["consistency: overlap@20 0.100 < 0.3"]
+    assert seen == [("v2", events), ("v2", events)]
