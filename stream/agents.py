@@ -24,6 +24,7 @@ from faust.types import EventT
 from features.item_text_store import ItemTextStore, StoredItem
 from features.online_covisit import CovisitStore
 from features.store import StateStoreError, UserStateStore
+from models.ab import HitTracker
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.metrics import WorkerMetrics
@@ -31,7 +32,7 @@ from stream.pipeline import BatchResult, TextSearch, Trigger, recommend_batch
 from topics.catalogue import CatalogueItem, CatalogueLimits, parse_catalogue_item
 from topics.dead_letter import DeadLetter
 from topics.events import InvalidEvent, Limits, Reason, parse_event
-from topics.recommendations import encode_recommendations
+from topics.recommendations import Recommendation, encode_recommendations
 
 if TYPE_CHECKING:
     from models.text_encoder import TextEncoder
@@ -95,6 +96,7 @@ class BatchHandler:
         self.limits = limits
         self.k = k
         self.n_candidates = n_candidates
+        self.tracker = HitTracker(k=k)
 
     async def handle(self, batch: Sequence[RawMessage]) -> None:
         # One model for the whole batch: a hot swap rebinds ``self.model`` while this batch
@@ -132,11 +134,28 @@ class BatchHandler:
                 m.trigger_to_publish_ms.observe(max(0.0, sent_ms - t.sent_ms))
             for rec in result.recommendations:
                 m.recommendations_out.labels(rec.kind).inc()
+            self._track(triggers, result.recommendations)
             m.stage_ms.labels("publish").observe((time.perf_counter() - t1) * 1000)
         # At-least-once: the batch is acknowledged (offsets committed) only after every
         # output record of it is on the broker.
         if pending:
             await asyncio.gather(*pending)
+
+    def _track(self, triggers: list[Trigger], recs: list[Recommendation]) -> None:
+        """Live HR@K per model version: each trigger's item judges the user's previous list
+        (in stream order), then its own list becomes the pending one."""
+        by_event = {r.event_id: r for r in recs}
+        for t in triggers:
+            e = t.event
+            rec = by_event.get(e.event_id)
+            if rec is None:
+                continue
+            seen = [(e.user_id, e.item_id)] if e.item_id is not None else []
+            for version, hit in self.tracker.interacted(seen):
+                self.metrics.online_judged.labels(version).inc()
+                if hit:
+                    self.metrics.online_hits.labels(version).inc()
+            self.tracker.recommended(e.user_id, rec.model_version, rec.items)
 
     def _follow(self, model: ServingModel) -> None:
         """Write user vectors in the embedding space of ``model`` (and with its half-life,

@@ -49,6 +49,20 @@ class WorkerMetrics:
             buckets=MS_BUCKETS,
             registry=r,
         )
+        # Online HR@K (models/ab.py HitTracker): a list is judged by the user's next item
+        # event; HR@K of a version = rate(hits) / rate(judged) over a window.
+        self.online_judged = Counter(
+            "streamrec_online_judged",
+            "Recommendation lists followed by the user's next item event, by model version",
+            ["version"],
+            registry=r,
+        )
+        self.online_hits = Counter(
+            "streamrec_online_hits",
+            "Judged lists whose top K held that next item, by model version",
+            ["version"],
+            registry=r,
+        )
         self.batch_errors = Counter(
             "streamrec_batch_errors",
             "Micro-batches that failed and were retried",

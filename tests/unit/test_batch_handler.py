@@ -120,3 +120,21 @@ async def test_a_poison_event_is_isolated_with_processing_error(
     dead = [DeadLetter.from_bytes(v) for v in sink.on("dead")]
     assert [(d.reason, d.offset) for d in dead] == [("processing_error", 1)]
     assert "model exploded" in dead[0].detail
+
+
+async def test_live_hit_rate_per_version_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def view(eid: str, item: str) -> bytes:
+        return orjson.dumps({"event_id": eid, "event_type": "view", "user_id": "u",
+                             "session_id": "s", "timestamp_ms": 1, "item_id": item})  # fmt: skip
+
+    async def fake(triggers: list[Trigger], *a: Any, **kw: Any) -> BatchResult:
+        return BatchResult([rec_for(t) for t in triggers])  # lists ["a"], version v1
+
+    monkeypatch.setattr(agents, "recommend_batch", fake)
+    h = handler(Sink())
+    # First view: nothing to judge; "a" is then a hit on the list ["a"]; "b" a miss.
+    await h.handle([msg(0, view("1", "x")), msg(1, view("2", "a"))])
+    await h.handle([msg(2, view("3", "b"))])
+    judged = h.metrics.online_judged.labels("v1")._value.get()
+    hits = h.metrics.online_hits.labels("v1")._value.get()
+    assert (judged, hits) == (2, 1)
