@@ -27,6 +27,7 @@ from features.store import StateStoreError, UserStateStore
 from models.ab import HitTracker
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
+from stream.guard import RollbackGuard
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, TextSearch, Trigger, recommend_batch
 from topics.catalogue import CatalogueItem, CatalogueLimits, parse_catalogue_item
@@ -97,6 +98,9 @@ class BatchHandler:
         self.k = k
         self.n_candidates = n_candidates
         self.tracker = HitTracker(k=k)
+        # Guarded updates (stream/guard.py): set by the app with the callback that rolls back.
+        self.guard: RollbackGuard | None = None
+        self.on_rollback: Callable[[str, str, float, float], None] | None = None
 
     async def handle(self, batch: Sequence[RawMessage]) -> None:
         # One model for the whole batch: a hot swap rebinds ``self.model`` while this batch
@@ -155,7 +159,13 @@ class BatchHandler:
                 self.metrics.online_judged.labels(version).inc()
                 if hit:
                     self.metrics.online_hits.labels(version).inc()
+                if self.guard is not None:
+                    self.guard.record(version, hit)
             self.tracker.recommended(e.user_id, rec.model_version, rec.items)
+        if self.guard is not None and self.on_rollback is not None:
+            verdict = self.guard.check()
+            if verdict is not None:
+                self.on_rollback(*verdict)
 
     def _follow(self, model: ServingModel) -> None:
         """Write user vectors in the embedding space of ``model`` (and with its half-life,

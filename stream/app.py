@@ -23,6 +23,7 @@ from models.scoring import Device
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.agents import BatchHandler, CatalogueHandler, RawMessage
+from stream.guard import RollbackGuard
 from stream.metrics import WorkerMetrics
 from stream.model_updates import ModelSwapper
 from stream.pipeline import QueryCache, TextSearch
@@ -110,12 +111,34 @@ def create_app(
     handler_box: dict[str, Handlers] = {}
     creating = asyncio.Lock()
 
+    guard = (
+        RollbackGuard(settings.guard_window, settings.guard_min_judged, settings.guard_margin)
+        if settings.guard_margin >= 0
+        else None
+    )
+
     def swapped(old: ServingModel, new: ServingModel, ms: float) -> None:
         """The new model serves from the next micro-batch on (see ``BatchHandler.handle``)."""
         metrics.model_info.labels(old.version, old.scorer.provider).set(0)
         metrics.model_info.labels(new.version, new.scorer.provider).set(1)
+        if guard is not None:
+            guard.swapped(old.version, new.version)
         if "h" in handler_box:
             handler_box["h"].events.model = new
+
+    def roll_back(bad: str, good: str, rate: float, base: float) -> None:
+        """The guard's verdict: serve ``good`` again and keep CURRENT polling off ``bad``."""
+        log.warning(
+            "rolling back %s -> %s: live HR@K %.4f < %.4f - %.3f", bad, good, rate, base,
+            settings.guard_margin,
+        )  # fmt: skip
+        metrics.model_rollbacks.labels(bad, good).inc()
+        swapper.refused.add(bad)
+        task = asyncio.ensure_future(swapper.load(settings.model_dir / good))
+        rollbacks.add(task)
+        task.add_done_callback(rollbacks.discard)
+
+    rollbacks: set[asyncio.Future[bool]] = set()  # keeps the load tasks referenced
 
     swapper = ModelSwapper(
         model,
@@ -192,6 +215,8 @@ def create_app(
             n_candidates=settings.candidates,
             follow_model_half_life=settings.half_life_s is None,
         )
+        events_handler.guard = guard
+        events_handler.on_rollback = roll_back
         return Handlers(events_handler, cat)
 
     # take_events (not take) keeps each message's topic/partition/offset for dead letters;

@@ -63,6 +63,12 @@ class WorkerMetrics:
             ["version"],
             registry=r,
         )
+        self.model_rollbacks = Counter(
+            "streamrec_model_rollbacks",
+            "Automatic rollbacks: the served version's live HR@K fell below the one it replaced",
+            ["from_version", "to_version"],
+            registry=r,
+        )
         self.batch_errors = Counter(
             "streamrec_batch_errors",
             "Micro-batches that failed and were retried",

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_recent: int = Field(20, ge=1, le=255)
     # Online co-visitation and trending in Redis, learnt from every batch.
     online_covisit: bool = True
+    # Guarded updates (stream/guard.py): roll back a new version whose live HR@K falls more
+    # than guard_margin below the version it replaced, judged on guard_min_judged outcomes
+    # each (sliding windows of guard_window). A negative margin disables the guard.
+    guard_margin: float = Field(0.02, le=1)
+    guard_min_judged: int = Field(500, ge=1)
+    guard_window: int = Field(2000, ge=1)
 
     # Search and item cold start (docs/architecture.md, "Search").
     text_encoder: str = Field("minilm", pattern=r"^(minilm|none)$")
