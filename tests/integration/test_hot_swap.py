@@ -217,3 +217,50 @@ async def test_a_missed_announcement_is_caught_up_by_the_current_check(
         assert metric(worker.metrics_port, "streamrec_model_info", f'version="{v2.name}"') == 1
     finally:
         worker.stop()
+
+
+async def test_a_version_whose_live_hit_rate_drops_is_rolled_back(
+    services: Services,
+    own_models: Path,
+    tmp_path: Path,
+    diginetica: tuple[list[UserEvent], list[UserEvent]],
+) -> None:
+    """v2 ranks upside down (neural weight -1, no other signal): its live HR@20 collapses
+    against v1's, and the worker goes back to v1 on its own."""
+    guard = {"STREAMREC_MODEL_POLL_S": "0", "STREAMREC_GUARD_MIN_JUDGED": "60",
+             "STREAMREC_GUARD_WINDOW": "400", "STREAMREC_GUARD_MARGIN": "0.02"}  # fmt: skip
+    worker = WorkerProcess(services, own_models, tmp_path / "logs", extra_env=guard)
+    v1 = latest_bundle(own_models)
+    assert v1 is not None
+    v2 = derive_bundle(v1, {"blend": {"neural": -1.0}}, version="inverted")
+    _, test = diginetica
+    before, after = test[:700], test[700:1400]
+    topic, recs_topic, dead_topic = worker.topics
+    worker.start()
+    out = Arrivals()
+    follower = asyncio.create_task(follow(services.bootstrap, recs_topic, dead_topic, out))
+    try:
+        assert wait_until(lambda: "following model updates" in worker.log_tail(200), 120), (
+            worker.log_tail()
+        )
+        await produce(services.bootstrap, topic,
+                      [(e.user_id.encode(), e.to_bytes()) for e in before], rate=500)  # fmt: skip
+        assert await until(lambda: len(out.recs) >= len(before), 60), worker.log_tail()
+        promote(own_models, v2.name)
+        await announce(services.bootstrap, model_updates_topic(worker.prefix),
+                       ModelUpdate(v2.name, str(own_models), "promote", 0))  # fmt: skip
+        assert wait_until(lambda: f"serving model {v2.name}" in worker.log_tail(200), 30)
+        await produce(services.bootstrap, topic,
+                      [(e.user_id.encode(), e.to_bytes()) for e in after], rate=500)  # fmt: skip
+        assert wait_until(lambda: f"rolling back {v2.name} -> {v1.name}" in worker.log_tail(400),
+                          60), worker.log_tail()  # fmt: skip
+        assert wait_until(
+            lambda: f"serving model {v1.name} (was {v2.name})" in worker.log_tail(400), 30
+        ), worker.log_tail()
+        label = f'from_version="{v2.name}"'
+        assert metric(worker.metrics_port, "streamrec_model_rollbacks_total", label) == 1
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        worker.stop()
+    assert out.dead == []
