@@ -24,7 +24,7 @@ from faust.types import EventT
 from features.item_text_store import ItemTextStore, StoredItem
 from features.online_covisit import CovisitStore
 from features.store import StateStoreError, UserStateStore
-from models.ab import HitTracker
+from models.ab import ABSplit, HitTracker
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.guard import RollbackGuard
@@ -98,6 +98,8 @@ class BatchHandler:
         self.k = k
         self.n_candidates = n_candidates
         self.tracker = HitTracker(k=k)
+        # A/B (STREAMREC_AB_ARMS): the split and each arm's pinned model; None = one model.
+        self.ab: tuple[ABSplit, dict[str, ServingModel]] | None = None
         # Guarded updates (stream/guard.py): set by the app with the callback that rolls back.
         self.guard: RollbackGuard | None = None
         self.on_rollback: Callable[[str, str, float, float], None] | None = None
@@ -125,8 +127,11 @@ class BatchHandler:
         m.stage_ms.labels("validate").observe((time.perf_counter() - t0) * 1000)
 
         if triggers:
-            self._follow(model)
-            result = await self._recommend(triggers, sources, model)
+            if self.ab is None:
+                self._follow(model)
+                result = await self._recommend(triggers, sources, model)
+            else:
+                result = await self._recommend_arms(triggers, sources)
             t1 = time.perf_counter()
             payloads = encode_recommendations(result.recommendations)
             for rec, value in zip(result.recommendations, payloads, strict=True):
@@ -144,6 +149,33 @@ class BatchHandler:
         # output record of it is on the broker.
         if pending:
             await asyncio.gather(*pending)
+
+    async def _recommend_arms(
+        self, triggers: list[Trigger], sources: list[RawMessage]
+    ) -> BatchResult:
+        """A/B: the batch's users split by arm (a stable hash, models/ab.py), one
+        ``recommend_batch`` per arm with that arm's model, records in the batch's order and
+        marked with their arm."""
+        assert self.ab is not None
+        split, models = self.ab
+        arms = split.assign([t.event.user_id for t in triggers])
+        by_event: dict[str, Recommendation] = {}
+        out = BatchResult([])
+        for arm in split.arms:
+            rows = [i for i, a in enumerate(arms) if a.name == arm.name]
+            if not rows:
+                continue
+            model = models[arm.name]
+            self._follow(model)
+            part = await self._recommend([triggers[i] for i in rows],
+                                         [sources[i] for i in rows], model)  # fmt: skip
+            for rec in part.recommendations:
+                rec.arm = arm.name
+                by_event[rec.event_id] = rec
+            out.unknown_items += part.unknown_items
+        out.recommendations = [by_event[t.event.event_id] for t in triggers
+                               if t.event.event_id in by_event]  # fmt: skip
+        return out
 
     def _track(self, triggers: list[Trigger], recs: list[Recommendation]) -> None:
         """Live HR@K per model version: each trigger's item judges the user's previous list

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from features.item_text_store import RedisItemTextStore
 from features.online_covisit import RedisCovisitStore
 from features.store import StateStoreError, UserStateStore
+from models.ab import ABSplit
 from models.bundle import ModelError, latest_bundle
 from models.scoring import Device
 from models.serving import ServingModel
@@ -217,6 +218,17 @@ def create_app(
         )
         events_handler.guard = guard
         events_handler.on_rollback = roll_back
+        if settings.ab_arms:
+            split = ABSplit.parse(settings.ab_arms, settings.ab_salt)
+            arm_models = {
+                arm.name: await asyncio.to_thread(
+                    ServingModel.load, settings.model_dir / arm.version,
+                    device=cast(Device, settings.device),
+                )
+                for arm in split.arms
+            }  # fmt: skip
+            events_handler.ab = (split, arm_models)
+            log.info("A/B: %s", ", ".join(f"{a.name}={a.version}:{a.weight:g}" for a in split.arms))
         return Handlers(events_handler, cat)
 
     # take_events (not take) keeps each message's topic/partition/offset for dead letters;

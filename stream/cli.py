@@ -127,6 +127,24 @@ def _cmd_evaluate_online(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ab_report(args: argparse.Namespace) -> int:
+    from models.ab import ABSplit
+    from stream.ab_report import arm_rows, fetch, render
+
+    settings = load_settings()
+    spec = args.arms or settings.ab_arms
+    if not spec:
+        print("no A/B split: give --arms A=VERSION:WEIGHT,... or set STREAMREC_AB_ARMS")
+        return 2
+    try:
+        rows = arm_rows(fetch(args.metrics), ABSplit.parse(spec, settings.ab_salt))
+    except (OSError, ValueError) as err:
+        print(f"ab report: {err}")
+        return 2
+    print(render(rows))
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from stream.import_job import load_events_file
     from stream.replay import check_range, parse_bound
@@ -257,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--seed", type=int, default=0)
     eo.add_argument("--report", default="reports/online", help="output folder")
     eo.set_defaults(func=_cmd_evaluate_online)
+
+    ab = sub.add_parser("ab", help="A/B between model versions")
+    absub = ab.add_subparsers(dest="ab_command", required=True)
+    abr = absub.add_parser("report", help="live HR@K per arm with 95%% intervals, from workers")
+    abr.add_argument(
+        "--metrics",
+        action="append",
+        required=True,
+        help="a worker's metrics URL (http://host:9108/metrics); repeatable",
+    )
+    abr.add_argument("--arms", help="the split (default STREAMREC_AB_ARMS)")
+    abr.set_defaults(func=_cmd_ab_report)
 
     rp = sub.add_parser(
         "replay", help="replay events (a file or a topic range) through Kafka and a worker"

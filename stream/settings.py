@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     guard_margin: float = Field(0.02, le=1)
     guard_min_judged: int = Field(500, ge=1)
     guard_window: int = Field(2000, ge=1)
+    # A/B between pinned versions: "A=VERSION:WEIGHT,B=VERSION:WEIGHT" (models/ab.py); empty:
+    # serve the current version to everyone. The salt reshuffles users between arms.
+    ab_arms: str = ""
+    ab_salt: str = "streamrec-ab"
 
     # Search and item cold start (docs/architecture.md, "Search").
     text_encoder: str = Field("minilm", pattern=r"^(minilm|none)$")
