@@ -35,9 +35,11 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -63,12 +65,15 @@ from _common import (
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.bundle import derive_bundle, promote
 from stream.kafka_admin import create_topics, delete_topics
+from stream.model_updates import announce
 from stream.replay import collect, produce
 from stream.services import LocalServices, resolve_services
 from stream.settings import load_settings
 from tests.integration.harness import Services, WorkerProcess, free_port
-from topics.names import RECOMMENDATIONS, USER_EVENTS, TopicSpec, all_topics
+from topics.model_updates import ModelUpdate
+from topics.names import RECOMMENDATIONS, USER_EVENTS, TopicSpec, all_topics, model_updates_topic
 
 HOUR = 3600 * 1000
 STAGES = ("validate", "state", "online", "retrieval", "scoring", "rank", "publish")
@@ -315,6 +320,13 @@ def main() -> int:
     )
     p.add_argument("--passthrough-runs", type=int, default=5, help="(a) repetitions")
     p.add_argument("--latency-csv", type=Path, help="(c) write send_ms,latency_ms per event")
+    p.add_argument(
+        "--swap-at",
+        type=float,
+        help="(c) S seconds into the replay, promote and announce a new version (a copy of the "
+        "bundle) and report p99 around the swap vs before it (the worker serves a temporary "
+        "copy of --model-dir, which is left untouched)",
+    )
     p.add_argument("--passthrough-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.passthrough_child:
@@ -329,6 +341,11 @@ def main() -> int:
     try:
         bootstrap, redis_url = resolve_services(services)
         bundle = ensure_bundle(args.model_dir)
+        if args.swap_at is not None:  # the swap promotes in a copy, not in the cache
+            swap_root = Path(tempfile.mkdtemp(prefix="bench-swap-"))
+            shutil.copytree(bundle, swap_root / bundle.name)
+            promote(swap_root, bundle.name)
+            args.model_dir = swap_root
         pids = {
             "kafka": pid_from_file(STREAMREC_HOME / f"kafka-run-{args.kafka_port}/kafka.pid"),
             "redis": pid_from_file(STREAMREC_HOME / f"redis-run-{args.redis_port}/redis.pid"),
@@ -434,7 +451,21 @@ def main() -> int:
         msgs = [(e.user_id.encode(), e.to_bytes()) for e in replay]
         before_c = snapshot(metrics_port, pids)
         t_c = time.time()
-        sent_at = asyncio.run(produce(bootstrap, events_topic, msgs, rate=rate))
+        swap_ms: list[float] = []
+
+        async def replay_c() -> float:
+            sending = asyncio.ensure_future(produce(bootstrap, events_topic, msgs, rate=rate))
+            if args.swap_at is not None:
+                await asyncio.sleep(args.swap_at)
+                v2 = derive_bundle(args.model_dir / bundle.name, {"note": "bench swap"})
+                promote(args.model_dir, v2.name)
+                swap_ms.append(time.time() * 1000)
+                await announce(bootstrap, model_updates_topic(worker.prefix),
+                               ModelUpdate(v2.name, str(args.model_dir), "promote",
+                                           int(swap_ms[0])))  # fmt: skip
+            return await sending
+
+        sent_at = asyncio.run(replay_c())
         sent_s = time.time() - sent_at
         got = asyncio.run(
             wait_for_records(
@@ -463,6 +494,23 @@ def main() -> int:
             )
         p50, p99, p999 = percentiles(lat, (50, 99, 99.9))
         p50_b, p99_b = percentiles([r.latency_ms for r in recs_b])
+        swap_lines: list[str] = []
+        if swap_ms:
+            sent = [(r.produced_at_ms - r.latency_ms, r) for r in recs_c]
+            steady = [r.latency_ms for t, r in sent if t < swap_ms[0]]
+            around = [r.latency_ms for t, r in sent if swap_ms[0] <= t < swap_ms[0] + 3000]
+            new_v = [t for t, r in sent if r.model_version != bundle.name]
+            s50, s99 = percentiles(steady)
+            a50, a99 = percentiles(around)
+            served = (min(new_v) - swap_ms[0]) if new_v else float("nan")
+            swap_lines = [
+                f"    swap at {args.swap_at:g} s: first event answered by the new version was "
+                f"sent {served:.0f} ms after the announcement",
+                f"    trigger->publish before the swap p50 {s50:.1f} p99 {s99:.1f} ms "
+                f"({len(steady)} events); in the 3 s from it p50 {a50:.1f} p99 {a99:.1f} ms "
+                f"({len(around)} events)",
+                f"RATIO p99 around the swap / p99 before it = {a99 / max(s99, 1e-9):.2f}",
+            ]
 
         cfg = load_settings()  # what the worker reads from this environment, besides extra_env
         report = [
@@ -499,6 +547,7 @@ def main() -> int:
             f"    trigger->publish latency_ms  p50 {p50:.1f}  p99 {p99:.1f}  p999 {p999:.1f}  "
             f"max {max(lat):.1f}",
             *describe_phase(before_c, after_c, wall_c),
+            *swap_lines,
         ]
         print("\n".join(report), flush=True)
         return 0
