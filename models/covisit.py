@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.session_knn import sparse_lookup
+
 
 def build_covisitation(
     sessions: Sequence[Sequence[int]],
@@ -85,15 +87,10 @@ def covisit_scores(
         vals.append((weights[src] / p).ravel())
     if not keys:
         return np.zeros(candidates.shape, dtype=np.float32)
-    key = np.concatenate(keys)
-    uniq, inverse = np.unique(key, return_inverse=True)
-    total = np.bincount(inverse, weights=np.concatenate(vals)).astype(np.float32)
-    lookup = (rows * span + candidates).ravel()
-    pos = np.minimum(np.searchsorted(uniq, lookup), uniq.size - 1)
-    found = uniq[pos] == lookup
-    out = np.where(found, total[pos], np.float32(0.0)).reshape(candidates.shape)
+    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    total = np.bincount(inverse, weights=np.concatenate(vals))
     # Padding neighbours (index 0, weight 0) add nothing; a padding candidate scores 0.
-    return np.where(candidates > 0, out, np.float32(0.0)).astype(np.float32)
+    return sparse_lookup(uniq, total, int(span), candidates)
 
 
 def covisit_candidates(recent: np.ndarray, neighbours: np.ndarray, *, depth: int = 3) -> np.ndarray:
