@@ -9,6 +9,7 @@ Serving-side, never imports torch. A bundle is a directory ``<root>/<version>/``
                      user vectors in Redis, so they must be the model's own table
     popularity.npy   float32[N + 1] training counts, the cold-start fallback
     metadata.json    training data, date, config, metrics, dim, max_recent, embedding space
+    weights.npz      optional: the ranker's parameters, for online fine-tuning (no pickle)
     MANIFEST.json    sha256 and size of every file above
 
 A bundle is written into a hidden temporary directory and renamed into place, so a reader
@@ -47,6 +48,8 @@ POPULARITY_FILE = "popularity.npy"
 METADATA_FILE = "metadata.json"
 COVISIT_FILE = "covisit.npz"  # optional: bundles written before it serve without co-visitation
 KNN_FILE = "knn.npz"  # optional: training sessions for session kNN (models/session_knn.py)
+# optional: the ranker's parameters (name -> array, no pickle) for online fine-tuning
+WEIGHTS_FILE = "weights.npz"
 MANIFEST_FILE = "MANIFEST.json"
 CURRENT_FILE = "CURRENT"
 FILES = (MODEL_FILE, INDEX_FILE, ITEM_IDS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE, METADATA_FILE)
@@ -101,13 +104,16 @@ def write_bundle(
     sequential: tuple[np.ndarray, np.ndarray] | None = None,
     session_index: SessionIndex | None = None,
     token_encoder: TokenEncoder | None = None,
+    weights: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write ``<root>/<version>/`` atomically and return its path.
 
     ``embeddings`` is ``float32[N + 1, D]`` with row 0 zero, ``popularity`` ``float32[N + 1]``.
     The FAISS index is built from ``embeddings`` unless ``retriever`` is given. ``metadata`` is
     stored with ``version``, ``dim``, ``max_recent``, ``n_items``, ``space``, ``space_id`` and
-    ``created_at`` added. An existing version is never overwritten.
+    ``created_at`` added. ``weights`` (the ranker's parameters by name) let the training
+    agent fine-tune the version without the training run that made it. An existing version
+    is never overwritten.
     """
     version = version or new_version()
     if not _VERSION_RE.match(version):
@@ -165,6 +171,9 @@ def write_bundle(
                 )
             token_encoder.save(tmp / TOKENS_FILE)
             names.append(TOKENS_FILE)
+        if weights:
+            np.savez(tmp / WEIGHTS_FILE, allow_pickle=False, **weights)  # type: ignore[arg-type]
+            names.append(WEIGHTS_FILE)
         files = {name: _manifest_entry(tmp / name) for name in names}
         manifest = {"format_version": FORMAT_VERSION, "version": version, "files": files}
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.bundle import ModelError, write_bundle
+from models.bundle import WEIGHTS_FILE, Bundle, ModelError, write_bundle
 from models.covisit import build_covisitation
 from models.ranker import SessionRanker
 from models.retrieval import Retriever, l2_normalise
@@ -166,4 +166,80 @@ def train_bundle(
                 if token_queries is not None and len(token_queries[1])
                 else None
             ),
+            weights=weights_of(model),
+        )
+
+
+def weights_of(model: SessionRanker) -> dict[str, np.ndarray]:
+    """The model's parameters as plain arrays (what a bundle's weights.npz holds)."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+
+
+def load_ranker(path: Path) -> SessionRanker:
+    """The torch ranker a bundle was exported from, rebuilt from its weights.npz (read with
+    ``allow_pickle=False``: nothing on this path can run code). Raises ModelError for a
+    bundle without weights (written before they were shipped: retrain it)."""
+    bundle = Bundle.load(path)
+    file = Path(path) / WEIGHTS_FILE
+    if not file.is_file():
+        raise ModelError(f"{path}: no {WEIGHTS_FILE}; retrain it (streamrec train) to fine-tune it")
+    cfg = bundle.metadata.get("train_config") or {}
+    model = SessionRanker(
+        bundle.n_items, bundle.dim, bundle.max_recent, float(cfg.get("dropout", 0.5))
+    )
+    with np.load(file, allow_pickle=False) as data:
+        state = {name: torch.from_numpy(data[name].copy()) for name in data.files}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: {WEIGHTS_FILE} does not fit the bundle: {exc}") from exc
+    return model.eval()
+
+
+# Metadata write_bundle sets itself, and what describes one training run only.
+_OWN_META = ("format_version", "version", "dim", "max_recent", "n_items", "space", "space_id",
+             "created_at", "derived_from", "onnx_parity_max_abs_diff", "metrics")  # fmt: skip
+
+
+def write_fine_tuned(
+    parent: Path, model: SessionRanker, *, metadata: dict[str, Any], version: str | None = None
+) -> Path:
+    """A new version beside ``parent`` serving ``model``, a fine-tuned copy of the parent's
+    ranker: new ONNX graph (parity-checked), item table, FAISS index and weights; the
+    parent's catalogue, popularity, co-visitation, session index, token encoder and serving
+    parameters (blend, half-life, event weights) carry over. Its embedding space is new:
+    user vectors of the parent's space are re-encoded from recent items by serving
+    (stream/pipeline.py ``build_arrays``). ``metadata`` is merged over the parent's and
+    ``parent`` records where it came from."""
+    base = Bundle.load(parent)
+    if (model.n_items, model.dim, model.max_recent) != (base.n_items, base.dim, base.max_recent):
+        raise ModelError("the fine-tuned model does not have its parent's shape")
+    model = model.eval()
+    embeddings = model.item_embeddings().numpy().astype(np.float32)
+    meta = {k: v for k, v in base.metadata.items() if k not in _OWN_META}
+    meta.update(metadata, parent=base.version, torch_version=torch.__version__)
+    has_covisit = base.covisit_neighbours.shape[1] > 0
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(
+            model, Path(tmp) / "model.onnx", max_recent=base.max_recent, dim=base.dim
+        )
+        parity = check_parity(model, onnx_path, seed=0)
+        if parity > PARITY_TOLERANCE:
+            raise ModelError(f"ONNX export disagrees with torch: max abs diff {parity:.3g}")
+        meta["onnx_parity_max_abs_diff"] = parity
+        return write_bundle(
+            Path(parent).parent,
+            onnx_path=onnx_path,
+            item_ids=list(base.item_ids),
+            embeddings=embeddings,
+            popularity=base.popularity,
+            max_recent=base.max_recent,
+            metadata=meta,
+            version=version,
+            retriever=Retriever.build(embeddings),
+            covisit=(base.covisit_neighbours, base.covisit_weights) if has_covisit else None,
+            sequential=(base.sequential_neighbours, base.sequential_weights),
+            session_index=base.session_index,
+            token_encoder=base.token_encoder,
+            weights=weights_of(model),
         )

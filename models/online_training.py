@@ -14,8 +14,8 @@ not know are counted, not learnt (a new catalogue needs a retrained bundle).
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +53,48 @@ class ChunkResult:
     examples: int
     hr: float  # prequential HR@k on the chunk, before learning from it
     mrr: float
+    loss: float = 0.0  # mean weighted cross-entropy of the updates on it
+
+
+@dataclass(slots=True)
+class ExampleBuilder:
+    """Turns a stream of item events into examples: each event on a known item whose session
+    already holds another known item is ``session's recent items -> this item``, weighted by
+    event type. Sessions are kept in a bounded LRU (``max_sessions``), so a long-running
+    agent's memory does not grow with the number of sessions it has ever seen."""
+
+    item_index: Mapping[str, int]  # item id -> model index (1..N)
+    max_recent: int
+    weights: Mapping[str, float]
+    max_sessions: int = 200_000
+    _sessions: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
+    unknown: int = 0  # item events on items the model does not know
+
+    def feed(self, session_id: str, item_id: str | None, event_type: str) -> Example | None:
+        """The example this event makes (None when it teaches nothing), then remember it."""
+        if item_id is None:
+            return None
+        idx = self.item_index.get(item_id)
+        if idx is None:
+            self.unknown += 1
+            return None
+        prefix = self._sessions.get(session_id)
+        if prefix is None:
+            prefix = self._sessions[session_id] = []
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        else:
+            self._sessions.move_to_end(session_id)
+        example = None
+        if prefix and prefix[-1] != idx:
+            example = Example(tuple(prefix[-self.max_recent :]), idx,
+                              self.weights.get(event_type, 1.0))  # fmt: skip
+        prefix.append(idx)
+        del prefix[: -self.max_recent]
+        return example
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
 
 def prequential_metrics(
@@ -90,12 +132,13 @@ class OnlineLearner:
     def step(self, examples: Sequence[Example]) -> ChunkResult:
         """Evaluate on ``examples``, then learn from them (plus rehearsal)."""
         hr, mrr = prequential_metrics(self.model, examples, self.cfg.k)
-        self.learn(examples)
-        return ChunkResult(len(examples), hr, mrr)
+        loss = self.learn(examples)
+        return ChunkResult(len(examples), hr, mrr, loss)
 
-    def learn(self, examples: Sequence[Example]) -> None:
+    def learn(self, examples: Sequence[Example]) -> float:
+        """Gradient steps on ``examples`` plus rehearsal; returns the mean update loss."""
         if not examples:
-            return
+            return 0.0
         old = list(self.buffer)
         n_old = min(len(old), int(self.cfg.replay_ratio * len(examples)))
         rehearse = (
@@ -103,16 +146,18 @@ class OnlineLearner:
         )
         batch = list(examples) + rehearse
         self.model.train()
+        losses: list[float] = []
         for _ in range(self.cfg.passes):
             order = self.rng.permutation(len(batch))
             for lo in range(0, len(order), self.cfg.batch_size):
                 rows = [batch[i] for i in order[lo : lo + self.cfg.batch_size]]
-                self._update(rows)
+                losses.append(self._update(rows))
         self.model.eval()
         self.buffer.extend(examples)
         self.learnt += len(examples)
+        return float(np.mean(losses))
 
-    def _update(self, rows: Sequence[Example]) -> None:
+    def _update(self, rows: Sequence[Example]) -> float:
         m = self.model
         recent = torch.from_numpy(pack_recent([list(e.prefix)[::-1] for e in rows], m.max_recent))
         table = m.item_emb.weight
@@ -127,6 +172,14 @@ class OnlineLearner:
         with torch.no_grad():
             m.item_emb.weight[0].zero_()
             m.item_bias.weight[0].zero_()
+        return float(loss.item())
 
 
-__all__ = ["ChunkResult", "Example", "OnlineConfig", "OnlineLearner", "prequential_metrics"]
+__all__ = [
+    "ChunkResult",
+    "Example",
+    "ExampleBuilder",
+    "OnlineConfig",
+    "OnlineLearner",
+    "prequential_metrics",
+]

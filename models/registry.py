@@ -157,7 +157,7 @@ def bundle_info(path: Path, *, current: str | None = None) -> BundleInfo:
         current=path.name == current,
         error=error,
         created_at=meta.get("created_at"),
-        parent=meta.get("derived_from"),
+        parent=meta.get("parent") or meta.get("derived_from"),
         n_items=int(n_items) if isinstance(n_items, int) else None,
         metrics=key_metrics(meta),
     )
@@ -239,6 +239,8 @@ def read_history(root: Path) -> list[PromotionRecord]:
     for line in path.read_bytes().splitlines():
         try:
             row = orjson.loads(line)
+            if row.get("arm") is not None:  # an A/B arm's promotion: CURRENT is untouched
+                continue
             out.append(
                 PromotionRecord(
                     version=str(row["version"]),
@@ -309,6 +311,36 @@ def rollback(root: Path) -> PromotionRecord:
     root = Path(root)
     with _locked(root):
         return _promote_locked(root, rollback_target(root), "rollback")
+
+
+ARM_PREFIX = "ARM."  # <root>/ARM.<name>: the version an online-trained A/B arm serves now
+
+
+def arm_version(root: Path, arm: str) -> str | None:
+    """The version the training agent of ``arm`` last promoted for it (``<root>/ARM.<arm>``),
+    or None: the arm then serves the version pinned in ``STREAMREC_AB_ARMS``."""
+    path = Path(root) / f"{ARM_PREFIX}{arm}"
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
+
+
+def promote_arm(root: Path, arm: str, version: str) -> PromotionRecord:
+    """Make ``version`` the served version of A/B arm ``arm`` (verified, written atomically,
+    recorded in HISTORY.jsonl with the action ``promote`` and ``previous`` the arm's)."""
+    root = Path(root)
+    with _locked(root):
+        bundle_path(root, version)
+        verify_bundle(root / version)
+        previous = arm_version(root, arm)
+        tmp = root / f".{ARM_PREFIX}{arm}.{os.getpid()}"
+        tmp.write_text(version + "\n", encoding="utf-8")
+        os.replace(tmp, root / f"{ARM_PREFIX}{arm}")
+        record = PromotionRecord(version, previous, "promote", int(time.time() * 1000))
+        line = orjson.dumps({**record.to_dict(), "arm": arm}) + b"\n"
+        with open(root / HISTORY_FILE, "ab") as fh:
+            fh.write(line)
+        return record
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from features.online_covisit import RedisCovisitStore
 from features.store import StateStoreError, UserStateStore
 from models.ab import ABSplit
 from models.bundle import ModelError, latest_bundle
+from models.registry import arm_version
 from models.scoring import Device
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
@@ -220,15 +221,18 @@ def create_app(
         events_handler.on_rollback = roll_back
         if settings.ab_arms:
             split = ABSplit.parse(settings.ab_arms, settings.ab_salt)
+            # An arm whose training agent promoted a version (ARM.<name>) serves that one.
             arm_models = {
                 arm.name: await asyncio.to_thread(
-                    ServingModel.load, settings.model_dir / arm.version,
+                    ServingModel.load,
+                    settings.model_dir / (arm_version(settings.model_dir, arm.name) or arm.version),
                     device=cast(Device, settings.device),
                 )
                 for arm in split.arms
             }  # fmt: skip
             events_handler.ab = (split, arm_models)
-            log.info("A/B: %s", ", ".join(f"{a.name}={a.version}:{a.weight:g}" for a in split.arms))
+            served = [f"{a.name}={arm_models[a.name].version}:{a.weight:g}" for a in split.arms]
+            log.info("A/B: %s", ", ".join(served))
         return Handlers(events_handler, cat)
 
     # take_events (not take) keeps each message's topic/partition/offset for dead letters;
@@ -269,9 +273,31 @@ def create_app(
             return
         age_ms = time.time() * 1000 - update.at_ms
         log.info(
-            "model update: %s %s (announced %.0f ms ago)", update.action, update.version, age_ms
-        )
+            "model update: %s %s%s (announced %.0f ms ago)", update.action, update.version,
+            f" for arm {update.arm}" if update.arm else "", age_ms,
+        )  # fmt: skip
+        if update.arm is not None:
+            await swap_arm(update.arm, settings.model_dir / update.version)
+            return
         await swapper.load(settings.model_dir / update.version)
+
+    async def swap_arm(arm: str, path: Path) -> None:
+        """Serve ``path`` to A/B arm ``arm`` from the next batch on (loaded in a thread; a
+        bundle that fails to load is refused and the arm keeps its model)."""
+        ab = (await handler()).events.ab
+        if ab is None or arm not in ab[1]:
+            log.info("model update for arm %s, which this worker does not serve; ignored", arm)
+            return
+        try:
+            model = await asyncio.to_thread(
+                ServingModel.load, path, device=cast(Device, settings.device)
+            )
+        except Exception as exc:  # a bad bundle must not stop the worker
+            swapper.failures.labels("arm_load_error").inc()
+            log.error("arm %s: bundle %s refused (%s)", arm, path, exc)
+            return
+        ab[1][arm] = model
+        log.info("arm %s serves %s", arm, model.version)
 
     @app.task
     async def follow_model_updates() -> None:

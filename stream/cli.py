@@ -17,6 +17,34 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_agent(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from stream.train_agent import run_agent
+
+    settings = load_settings(**({"model_dir": Path(args.model_dir)} if args.model_dir else {}))
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if args.max_seconds:
+            loop.call_later(args.max_seconds, stop.set)
+        await run_agent(settings, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from stream.kafka_admin import create_topics
     from topics.names import all_topics
@@ -203,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the serving worker (faust app)")
     w.set_defaults(func=_cmd_worker)
 
+    ta = sub.add_parser(
+        "train-agent",
+        help="fine-tune the serving model from the live event stream and promote gated versions",
+    )
+    ta.add_argument("--model-dir", help="bundle root (default: STREAMREC_MODEL_DIR)")
+    ta.add_argument("--max-seconds", type=float, default=None, help="stop after N seconds")
+    ta.set_defaults(func=_cmd_train_agent)
+
     t = sub.add_parser("topics", help="topic administration")
     tsub = t.add_subparsers(dest="topics_command", required=True)
     tc = tsub.add_parser("create", help="create every topic the pipeline uses")
@@ -351,6 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
     md = msub.add_parser("diff", parents=[mo_dir], help="metadata, files, item overlap of A, B")
     md.add_argument("a", metavar="A")
     md.add_argument("b", metavar="B")
+    mc = msub.add_parser(
+        "compress", parents=[mo_dir], help="write an fp16/int8/student variant as a new version"
+    )
+    mc.add_argument("version")
+    mc.add_argument(
+        "--variant", required=True, choices=("fp16", "int8-dynamic", "int8-static", "student")
+    )
+    mc.add_argument(
+        "--data", type=Path, help="training events for int8-static/student (default: the "
+        "bundle's training data source)",
+    )  # fmt: skip
+    mc.add_argument("--test-days", type=float, default=14.0, help="held out when training")
     return p
 
 

@@ -13,7 +13,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from models.online_training import Example, OnlineConfig, OnlineLearner, prequential_metrics
+from models.online_training import (
+    Example,
+    ExampleBuilder,
+    OnlineConfig,
+    OnlineLearner,
+    prequential_metrics,
+)
 from models.serving import DEFAULT_EVENT_WEIGHTS
 from models.training import TrainConfig, build_sessions, train_ranker
 from topics.events import UserEvent
@@ -29,19 +35,10 @@ def stream_examples(
     """For each event (time order), its position and the example it makes: the session's
     known items so far -> this item, weighted by event type; None for events that teach
     nothing (no item, an item the model does not know, or the session's first known item)."""
-    weights = weights or DEFAULT_EVENT_WEIGHTS
-    sessions: dict[str, list[int]] = {}
+    builder = ExampleBuilder(item_index, max_recent, weights or DEFAULT_EVENT_WEIGHTS,
+                             max_sessions=max(len(events), 1))  # fmt: skip
     for pos, e in enumerate(events):
-        idx = item_index.get(e.item_id) if e.item_id is not None else None
-        if idx is None:
-            yield pos, None
-            continue
-        prefix = sessions.setdefault(e.session_id, [])
-        example = None
-        if prefix and prefix[-1] != idx:
-            example = Example(tuple(prefix[-max_recent:]), idx, weights.get(e.event_type, 1.0))
-        prefix.append(idx)
-        yield pos, example
+        yield pos, builder.feed(e.session_id, e.item_id, e.event_type)
 
 
 @dataclass(slots=True)

@@ -86,7 +86,12 @@ class BatchArrays:
 
 
 def build_arrays(states: list[UserState], model: ServingModel) -> BatchArrays:
-    """Map every state's recent item hashes to model indices in one vectorised lookup."""
+    """Map every state's recent item hashes to model indices in one vectorised lookup.
+
+    A stored vector of another embedding space (written under another model version) cannot
+    be mixed with this model's: such a user's vector is re-encoded from their recent items in
+    this model's space (the sum of their embeddings, what training feeds the model), until
+    the update rule restarts it in this space (docs/state-format.md)."""
     b, r, d = len(states), model.max_recent, model.dim
     counts = [min(len(s.recent), r) for s in states]
     flat = model.indices_of(hashes_to_u64([h for s in states for h in s.recent[:r]]))
@@ -106,6 +111,8 @@ def build_arrays(states: list[UserState], model: ServingModel) -> BatchArrays:
         seen.append({int(x) for x in newest_first[: s.n_session] if x > 0})
         if s.vector.shape[0] == d and s.space_id == model.space_id:
             user_vec[i] = s.vector
+        elif n:  # another space (a new version): re-encode from the recent items
+            user_vec[i] = model.embeddings[newest_first].sum(axis=0)
     session_len = np.minimum(np.array([s.n_session for s in states], dtype=np.int64), r)
     return BatchArrays(recent, user_vec, last, seen, session_len)
 

@@ -97,9 +97,12 @@ def record_in_redis(settings: Settings, record: PromotionRecord) -> bool:
     return True
 
 
-def announce_update(settings: Settings, model_dir: Path, record: PromotionRecord) -> bool:
-    """Publish a ModelUpdate on ``<prefix>model-updates``; False (with a warning) when the
-    announcer is not installed or Kafka does not answer within ``ANNOUNCE_TIMEOUT_S``."""
+def announce_update(
+    settings: Settings, model_dir: Path, record: PromotionRecord, *, arm: str | None = None
+) -> bool:
+    """Publish a ModelUpdate on ``<prefix>model-updates`` (for A/B arm ``arm`` only, if
+    given); False (with a warning) when the announcer is not installed or Kafka does not
+    answer within ``ANNOUNCE_TIMEOUT_S``."""
     topic = settings.topic_prefix + MODEL_UPDATES_TOPIC
     fallback = "workers will pick the version up by polling CURRENT"
     try:  # lazily: the announcer is optional for a filesystem promotion
@@ -109,7 +112,11 @@ def announce_update(settings: Settings, model_dir: Path, record: PromotionRecord
         _warn(f"cannot announce on {topic} ({exc}); {fallback}")
         return False
     update = ModelUpdate(
-        version=record.version, model_dir=str(model_dir), action=record.action, at_ms=record.at_ms
+        version=record.version,
+        model_dir=str(model_dir),
+        action=record.action,
+        at_ms=record.at_ms,
+        arm=arm,
     )
     bootstrap = settings.kafka_bootstrap_servers
     try:
@@ -241,7 +248,7 @@ def gate_candidate(root: Path, version: str, events_file: Path) -> GateReport | 
     through the serving code for both); None when nothing is current yet."""
     from models.bundle import latest_bundle
     from models.serving import ServingModel
-    from stream.gates import check_candidate
+    from stream.gates import check_candidate, gate_config
     from stream.import_job import load_events_file
 
     current = latest_bundle(root)
@@ -249,7 +256,8 @@ def gate_candidate(root: Path, version: str, events_file: Path) -> GateReport | 
         return None
     events, _ = load_events_file(events_file)
     return check_candidate(ServingModel.load(current), ServingModel.load(root / version),
-                           [], sorted(events, key=lambda e: e.timestamp_ms))  # fmt: skip
+                           [], sorted(events, key=lambda e: e.timestamp_ms),
+                           gate_config(load_settings()))  # fmt: skip
 
 
 def record_gate(root: Path, version: str, report: GateReport) -> None:
@@ -315,10 +323,63 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_sessions(path: Path, data: Path | None, test_days: float) -> list[list[int]]:
+    """Item-index sessions of the bundle's training period: ``data`` (else the file or
+    dataset its metadata names, else the DIGINETICA sample) split as ``streamrec train``
+    splits it (the last ``test_days`` and the validation days before them left out)."""
+    from models.bundle import Bundle
+    from models.compress import sessions_of
+    from stream.demo import dataset_path
+    from stream.evaluate import EvalConfig
+    from stream.import_job import load_events_file
+    from topics.datasets import split_train_valid_test
+    from topics.loaders import DATASETS, load_dataset
+
+    bundle = Bundle.load(path)
+    source = str((bundle.metadata.get("training_data") or {}).get("source") or "")
+    if data is not None:
+        events, _ = load_events_file(data)
+    elif source in DATASETS:
+        events, _ = load_dataset(source)
+    else:
+        events, _ = load_events_file(Path(source) if Path(source).is_file() else dataset_path())
+    cfg = EvalConfig()  # streamrec train's validation split: same valid_days / min events
+    train, _, _ = split_train_valid_test(
+        events, test_days, cfg.valid_days, min_valid_events=cfg.min_valid_events
+    )
+    return sessions_of(train, bundle.item_ids)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """A compressed variant of VERSION (models/compress.py) written as a new version beside
+    it; it serves once promoted (``models promote``) or pinned in an A/B arm."""
+    from models.compress import NEEDS_SESSIONS, CompressionError, compress_bundle
+
+    root = _model_dir(args, load_settings())
+    try:
+        path = bundle_path(root, args.version)
+        sessions = None
+        if args.variant in NEEDS_SESSIONS:
+            sessions = _training_sessions(path, args.data, args.test_days)
+            print(f"{len(sessions):,d} training sessions for {args.variant}")
+        out = compress_bundle(path, args.variant, sessions=sessions)
+    except (CompressionError, BundleIntegrityError, RegistryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = orjson.loads((out / METADATA_FILE).read_bytes())["compression"]
+    print(f"{args.variant} of {args.version}: {out.name}")
+    print(f"  model.onnx {info['parent_model_bytes']:,d} -> {info['model_bytes']:,d} bytes; "
+          f"max |score diff| vs parent {info['max_abs_diff_vs_parent']:.4g} "
+          f"({info['checked_on']})")  # fmt: skip
+    print(f"serve it: streamrec models promote {out.name} (or pin it in STREAMREC_AB_ARMS)")
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list,
     "show": cmd_show,
     "promote": cmd_promote,
     "rollback": cmd_rollback,
     "diff": cmd_diff,
+    "compress": cmd_compress,
 }

@@ -49,6 +49,26 @@ class Settings(BaseSettings):
     ab_arms: str = ""
     ab_salt: str = "streamrec-ab"
 
+    # The training agent (`streamrec train-agent`, stream/train_agent.py): its own consumer
+    # group on the events topic; a candidate every train_publish_examples new examples or
+    # train_publish_s seconds (whichever first, given train_min_examples), gated, promoted.
+    train_group_id: str = "streamrec-trainer"
+    train_chunk: int = Field(256, ge=1, le=100_000)
+    train_publish_examples: int = Field(20_000, ge=1)
+    train_publish_s: float = Field(600.0, gt=0, le=7 * 86_400)
+    train_min_examples: int = Field(500, ge=1)
+    train_gate_events: int = Field(5000, ge=100, le=1_000_000)
+    train_lr: float = Field(5e-4, gt=0, le=1)
+    train_threads: int = Field(1, ge=1, le=256)
+    # Learn only from the users of this A/B arm (per-arm training data) and publish to it.
+    train_arm: str = Field("", pattern=r"^[A-Za-z0-9_-]*$")
+    train_metrics_port: int = Field(9109, ge=0, le=65535)
+    # Gates for promotion (models/gates.py GateConfig), used by the agent and `models promote`.
+    gate_max_hr_drop: float = Field(0.01, ge=0, le=1)
+    gate_max_mrr_drop: float = Field(0.01, ge=0, le=1)
+    gate_min_overlap: float = Field(0.3, ge=0, le=1)
+    gate_max_score_drift: float = Field(0.35, ge=0, le=1)
+
     # Search and item cold start (docs/architecture.md, "Search").
     text_encoder: str = Field("minilm", pattern=r"^(minilm|none)$")
     search_personal_weight: float = Field(0.1, ge=0, le=100)

@@ -25,17 +25,20 @@ ACTIONS: frozenset[str] = frozenset({"promote", "rollback"})
 # The bundle version grammar of models/bundle.py: no path separators, so that
 # ``model_dir / version`` can never leave the model directory.
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ARM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelUpdate:
     """``version`` became the serving bundle under ``model_dir`` (None: whatever model
-    directory each worker serves from) at ``at_ms`` (epoch milliseconds)."""
+    directory each worker serves from) at ``at_ms`` (epoch milliseconds); with ``arm``, the
+    version of that A/B arm only (the training agent of an arm publishes so)."""
 
     version: str
     model_dir: str | None
     action: Action
     at_ms: int
+    arm: str | None = None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -45,6 +48,7 @@ class ModelUpdate:
                 "model_dir": self.model_dir,
                 "action": self.action,
                 "at_ms": self.at_ms,
+                **({"arm": self.arm} if self.arm is not None else {}),
             }
         )
 
@@ -68,8 +72,11 @@ class ModelUpdate:
                 raise ValueError(f"invalid action {action!r}")
             if isinstance(at_ms, bool) or not isinstance(at_ms, int):
                 raise ValueError(f"invalid at_ms {at_ms!r}")
+            arm = obj.get("arm")
+            if arm is not None and (not isinstance(arm, str) or not _ARM_RE.match(arm)):
+                raise ValueError(f"invalid arm {arm!r}")
         except (orjson.JSONDecodeError, ValueError) as exc:
             preview = (data or b"")[:200]
             log.warning("ignoring an invalid model update (%s): %r", exc, preview)
             return None
-        return cls(version, model_dir, cast(Action, action), at_ms)
+        return cls(version, model_dir, cast(Action, action), at_ms, arm)

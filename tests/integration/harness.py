@@ -30,7 +30,8 @@ class Services:
 
 @dataclass
 class WorkerProcess:
-    """``streamrec worker`` in its own process, isolated by prefix, group and namespace."""
+    """``streamrec worker`` (or another ``command``, e.g. ``train-agent``) in its own process,
+    isolated by prefix, group and namespace."""
 
     services: Services
     model_dir: Path
@@ -40,6 +41,7 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     metrics_port: int = field(default_factory=free_port)
+    command: str = "worker"
 
     @property
     def prefix(self) -> str:
@@ -55,7 +57,7 @@ class WorkerProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"worker-{self.run_id}.log"
+        return self.log_dir / f"{self.command}-{self.run_id}.log"
 
     def start(self) -> None:
         env = worker_env(
@@ -71,7 +73,7 @@ class WorkerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
+            [sys.executable, "-m", "stream.cli", self.command],
             cwd=ROOT,
             env=env,
             stdout=log,

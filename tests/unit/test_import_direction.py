@@ -13,6 +13,8 @@ TRAINING_ONLY = {
     "models/export.py",
     "models/online_training.py",
     "stream/train_job.py",
+    "stream/train_agent.py",
+    "models/distill.py",
 }
 
 

@@ -33,6 +33,9 @@ def test_an_update_round_trips() -> None:
     assert ModelUpdate.parse(update.to_bytes()) == update
     rollback = ModelUpdate("v1", None, "rollback", 5)
     assert ModelUpdate.parse(rollback.to_bytes()) == rollback
+    for_arm = ModelUpdate("v3", "/models", "promote", 6, arm="B")  # a training agent's arm
+    assert ModelUpdate.parse(for_arm.to_bytes()) == for_arm
+    assert b"arm" not in update.to_bytes()  # records without an arm stay as they were
 
 
 def test_the_topic_is_created_with_the_others() -> None:
@@ -58,6 +61,8 @@ GOOD: dict[str, Any] = {"version": "v2", "model_dir": None, "action": "promote",
         orjson.dumps({**GOOD, "action": "delete"}),
         orjson.dumps({**GOOD, "at_ms": "soon"}),
         orjson.dumps({**GOOD, "at_ms": True}),
+        orjson.dumps({**GOOD, "arm": "../B"}),
+        orjson.dumps({**GOOD, "arm": 2}),
         orjson.dumps({k: v for k, v in GOOD.items() if k != "version"}),
     ],
 )

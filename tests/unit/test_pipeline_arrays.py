@@ -62,10 +62,15 @@ def test_build_arrays_orders_chronologically_and_marks_session_items() -> None:
     np.testing.assert_array_equal(arrays.user_vec[0], [1, 2, 3])
 
 
-def test_vector_from_another_space_is_not_used() -> None:
-    state = UserState(np.ones(3, np.float32), [id_hash("a")], 1, space_id=99)
-    arrays = build_arrays([state], fake_model())  # type: ignore[arg-type]
-    assert not arrays.user_vec.any()
+def test_vector_from_another_space_is_re_encoded_from_recent_items() -> None:
+    """A vector written under another version's embedding space is never mixed with this
+    model's: the user's known recent items are summed in this model's space instead."""
+    other = UserState(np.ones(3, np.float32), [id_hash("c"), id_hash("zzz"), id_hash("a")], 1,
+                      space_id=99)  # fmt: skip
+    nothing = UserState(np.ones(3, np.float32), [id_hash("zzz")], 1, space_id=99)
+    arrays = build_arrays([other, nothing], fake_model())  # type: ignore[arg-type]
+    np.testing.assert_allclose(arrays.user_vec[0], [1, 1, 0])  # e(c) + e(a); "zzz" unknown
+    assert not arrays.user_vec[1].any()  # no known recent item: no vector
 
 
 def test_cold_rows_get_popular_and_warm_rows_get_neighbours() -> None:
