@@ -139,4 +139,36 @@ class HitTracker:
         return out
 
 
-__all__ = ["ABSplit", "Arm", "ArmStats", "HitTracker", "wilson"]
+@dataclass(slots=True)
+class ImpressionTracker:
+    """Online CTR where impressions exist: an impression (items a user was shown) is
+    *clicked* when the user's next interaction with one of those items comes before their
+    next impression; an impression replaced by a newer one unclicked counts as not clicked.
+    Each impression carries the label (version, arm) of what showed it. Bounded: the oldest
+    users' pending impressions are dropped beyond ``capacity`` (counted, never clicked)."""
+
+    capacity: int = 200_000
+    _pending: OrderedDict[str, tuple[tuple[str, str], frozenset[str]]] = field(
+        default_factory=OrderedDict
+    )
+
+    def impressed(self, user_id: str, label: tuple[str, str], items: Sequence[str]) -> None:
+        self._pending[user_id] = (label, frozenset(items))
+        self._pending.move_to_end(user_id)
+        while len(self._pending) > self.capacity:
+            self._pending.popitem(last=False)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def interacted(self, user_id: str, item_id: str) -> tuple[str, str] | None:
+        """The label of the impression this interaction clicks, or None."""
+        pending = self._pending.get(user_id)
+        if pending is None or item_id not in pending[1]:
+            return None
+        del self._pending[user_id]
+        return pending[0]
+
+
+__all__ = ["ABSplit", "Arm", "ArmStats", "HitTracker", "ImpressionTracker", "wilson"]

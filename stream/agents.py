@@ -24,7 +24,7 @@ from faust.types import EventT
 from features.item_text_store import ItemTextStore, StoredItem
 from features.online_covisit import CovisitStore
 from features.store import StateStoreError, UserStateStore
-from models.ab import ABSplit, HitTracker
+from models.ab import ABSplit, HitTracker, ImpressionTracker
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.guard import RollbackGuard
@@ -32,7 +32,7 @@ from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, TextSearch, Trigger, recommend_batch
 from topics.catalogue import CatalogueItem, CatalogueLimits, parse_catalogue_item
 from topics.dead_letter import DeadLetter
-from topics.events import InvalidEvent, Limits, Reason, parse_event
+from topics.events import EventType, InvalidEvent, Limits, Reason, UserEvent, parse_event
 from topics.recommendations import Recommendation, encode_recommendations
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class BatchHandler:
         self.k = k
         self.n_candidates = n_candidates
         self.tracker = HitTracker(k=k)
+        self.impressions = ImpressionTracker()
         # A/B (STREAMREC_AB_ARMS): the split and each arm's pinned model; None = one model.
         self.ab: tuple[ABSplit, dict[str, ServingModel]] | None = None
         # Guarded updates (stream/guard.py): set by the app with the callback that rolls back.
@@ -115,6 +116,7 @@ class BatchHandler:
         triggers: list[Trigger] = []
         sources: list[RawMessage] = []
         pending: list[Awaitable[object]] = []
+        parsed: list[UserEvent] = []
         for msg in batch:
             try:
                 event = parse_event(msg.value, self.limits)
@@ -122,6 +124,9 @@ class BatchHandler:
                 pending.append(await self._dead_letter(msg, exc.reason, exc.detail))
                 continue
             m.events_in.labels(event.event_type.value).inc()
+            parsed.append(event)
+            if event.event_type is EventType.IMPRESSION:
+                continue  # feedback: counted for CTR, answered by no recommendation
             triggers.append(Trigger(event, msg.timestamp_ms))
             sources.append(msg)
         m.stage_ms.labels("validate").observe((time.perf_counter() - t0) * 1000)
@@ -145,6 +150,8 @@ class BatchHandler:
                 m.recommendations_out.labels(rec.kind).inc()
             self._track(triggers, result.recommendations)
             m.stage_ms.labels("publish").observe((time.perf_counter() - t1) * 1000)
+        if len(parsed) > len(triggers) or self.impressions.pending:
+            self._track_impressions(parsed, model)
         # At-least-once: the batch is acknowledged (offsets committed) only after every
         # output record of it is on the broker.
         if pending:
@@ -178,8 +185,8 @@ class BatchHandler:
         return out
 
     def _track(self, triggers: list[Trigger], recs: list[Recommendation]) -> None:
-        """Live HR@K per model version: each trigger's item judges the user's previous list
-        (in stream order), then its own list becomes the pending one."""
+        """Live HR@K per model version and arm: each trigger's item judges the user's
+        previous list (in stream order), then its own list becomes the pending one."""
         by_event = {r.event_id: r for r in recs}
         for t in triggers:
             e = t.event
@@ -187,17 +194,39 @@ class BatchHandler:
             if rec is None:
                 continue
             seen = [(e.user_id, e.item_id)] if e.item_id is not None else []
-            for version, hit in self.tracker.interacted(seen):
-                self.metrics.online_judged.labels(version).inc()
+            for label, hit in self.tracker.interacted(seen):
+                version, arm = label.split("\t", 1)
+                self.metrics.online_judged.labels(version, arm).inc()
                 if hit:
-                    self.metrics.online_hits.labels(version).inc()
+                    self.metrics.online_hits.labels(version, arm).inc()
                 if self.guard is not None:
                     self.guard.record(version, hit)
-            self.tracker.recommended(e.user_id, rec.model_version, rec.items)
+            self.tracker.recommended(e.user_id, f"{rec.model_version}\t{rec.arm or ''}", rec.items)
         if self.guard is not None and self.on_rollback is not None:
             verdict = self.guard.check()
             if verdict is not None:
                 self.on_rollback(*verdict)
+
+    def _track_impressions(self, events: list[UserEvent], model: ServingModel) -> None:
+        """CTR where impressions exist, in stream order: an impression is labelled with the
+        version and arm serving its user now; an item event may click the user's pending
+        impression."""
+        for e in events:
+            if e.event_type is EventType.IMPRESSION:
+                label = self._serving_label(e.user_id, model)
+                self.impressions.impressed(e.user_id, label, e.shown_items or [])
+                self.metrics.online_impressions.labels(*label).inc()
+            elif e.item_id is not None:
+                clicked = self.impressions.interacted(e.user_id, e.item_id)
+                if clicked is not None:
+                    self.metrics.online_clicks.labels(*clicked).inc()
+
+    def _serving_label(self, user_id: str, model: ServingModel) -> tuple[str, str]:
+        if self.ab is None:
+            return str(model.version), ""
+        split, models = self.ab
+        arm = split.assign([user_id])[0].name
+        return str(models[arm].version), arm
 
     def _follow(self, model: ServingModel) -> None:
         """Write user vectors in the embedding space of ``model`` (and with its half-life,

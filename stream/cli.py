@@ -37,9 +37,11 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
             loop.call_later(args.max_seconds, stop.set)
         await run_agent(settings, stop=stop)
 
+    from models.bundle import ModelError
+
     try:
         asyncio.run(main())
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -392,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mc.add_argument("version")
     mc.add_argument(
-        "--variant", required=True, choices=("fp16", "int8-dynamic", "int8-static", "student")
+        "--variant",
+        required=True,
+        choices=("fp16", "int8-dynamic", "int8-static", "student"),
+        help="the new model.onnx: fp16 / int8 weights, or a distilled smaller GRU (torch)",
     )
     mc.add_argument(
         "--data", type=Path, help="training events for int8-static/student (default: the "

@@ -154,16 +154,20 @@ def ensure_model(
     settings: Settings, train: list[UserEvent], valid: list[UserEvent], data: Path
 ) -> Path:
     """The current bundle, trained first when there is none or when it predates the blended
-    ranking (no ``blend`` in its metadata): the demo should show what the code serves now."""
+    ranking (no ``blend`` in its metadata) or online fine-tuning (no weights file): the demo
+    should show what the code serves now."""
     import orjson
 
-    from models.bundle import METADATA_FILE, latest_bundle
+    from models.bundle import METADATA_FILE, WEIGHTS_FILE, latest_bundle
 
     path = latest_bundle(settings.model_dir)
     if path is not None:
-        if "blend" in orjson.loads((path / METADATA_FILE).read_bytes()):
+        if "blend" not in orjson.loads((path / METADATA_FILE).read_bytes()):
+            why = f"bundle {path.name} predates the blended ranking"
+        elif not (path / WEIGHTS_FILE).is_file():
+            why = f"bundle {path.name} predates online fine-tuning (no {WEIGHTS_FILE})"
+        else:
             return path
-        why = f"bundle {path.name} predates the blended ranking"
     else:
         why = f"no model bundle in {settings.model_dir}"
     from stream.train_job import train_and_promote  # torch: training extra only

@@ -53,14 +53,31 @@ class WorkerMetrics:
         # event; HR@K of a version = rate(hits) / rate(judged) over a window.
         self.online_judged = Counter(
             "streamrec_online_judged",
-            "Recommendation lists followed by the user's next item event, by model version",
-            ["version"],
+            "Recommendation lists followed by the user's next item event, by model version "
+            "and A/B arm",
+            ["version", "arm"],
             registry=r,
         )
         self.online_hits = Counter(
             "streamrec_online_hits",
-            "Judged lists whose top K held that next item, by model version",
-            ["version"],
+            "Judged lists whose top K held that next item, by model version and A/B arm",
+            ["version", "arm"],
+            registry=r,
+        )
+        # Online CTR where impressions exist (models/ab.py ImpressionTracker): an impression
+        # is clicked when the user next interacts with one of its items before their next
+        # impression. CTR of a version/arm = rate(clicks) / rate(impressions).
+        self.online_impressions = Counter(
+            "streamrec_online_impressions",
+            "Impression events (items shown to a user), by the model version and A/B arm "
+            "serving that user",
+            ["version", "arm"],
+            registry=r,
+        )
+        self.online_clicks = Counter(
+            "streamrec_online_clicks",
+            "Impressions followed by an interaction with one of their items",
+            ["version", "arm"],
             registry=r,
         )
         self.model_rollbacks = Counter(

@@ -25,6 +25,9 @@ class EventType(StrEnum):
     SEARCH = "search"
     ADD_TO_CART = "add_to_cart"
     PURCHASE = "purchase"
+    # Feedback, not a trigger: the items a user was shown (e.g. a recommendation list). The
+    # worker answers no Recommendation to it; it counts impressions and clicks (CTR).
+    IMPRESSION = "impression"
 
 
 ITEM_EVENTS = frozenset(
@@ -72,7 +75,9 @@ class UserEvent:
 
     ``timestamp_ms`` is the event time in milliseconds since the Unix epoch, as the producer
     saw it. ``item_id`` is set for item events (view/click/add_to_cart/purchase) and absent
-    for searches; ``query`` / ``query_tokens`` / ``shown_items`` belong to searches.
+    for searches; ``query`` / ``query_tokens`` / ``shown_items`` belong to searches;
+    impressions carry ``shown_items`` and may name the ``recommendation_id`` (the event_id of
+    the Recommendation they showed).
     """
 
     event_id: str
@@ -86,6 +91,7 @@ class UserEvent:
     shown_items: list[str] | None = None
     quantity: int | None = None
     price: float | None = None
+    recommendation_id: str | None = None
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,7 +104,8 @@ class UserEvent:
             "session_id": self.session_id,
             "timestamp_ms": self.timestamp_ms,
         }
-        for name in ("item_id", "query", "query_tokens", "shown_items", "quantity", "price"):
+        for name in ("item_id", "query", "query_tokens", "shown_items", "quantity", "price",
+                     "recommendation_id"):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -112,6 +119,7 @@ _KNOWN_FIELDS = frozenset(
     {
         "schema_version", "event_id", "event_type", "user_id", "session_id", "timestamp_ms",
         "item_id", "query", "query_tokens", "shown_items", "quantity", "price",
+        "recommendation_id",
     }
 )  # fmt: skip
 
@@ -226,6 +234,11 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
         if not all(isinstance(s, str | int) and not isinstance(s, bool) for s in shown):
             raise InvalidEvent(Reason.WRONG_TYPE, "'shown_items' must hold item ids")
         shown = [str(s) for s in shown]
+    if event_type is EventType.IMPRESSION and not shown:
+        raise InvalidEvent(Reason.MISSING_FIELD, "an impression needs non-empty 'shown_items'")
+    recommendation_id = None
+    if obj.get("recommendation_id") is not None:
+        recommendation_id = _require_id(obj, "recommendation_id", limits)
 
     quantity = _optional_int(obj, "quantity")
     price = obj.get("price")
@@ -247,5 +260,6 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
         shown_items=shown,
         quantity=quantity,
         price=float(price) if price is not None else None,
+        recommendation_id=recommendation_id,
         extra=extra,
     )

@@ -64,9 +64,34 @@ def test_the_report_sums_workers_and_gives_intervals() -> None:
         'streamrec_online_judged_created{version="v1"} 1.7e9',
     ])  # fmt: skip
     counters = parse_online_counters(text)
-    assert counters == {"v1": [400.0, 100.0], "v2": [100.0, 30.0]}
+    assert counters == {("v1", ""): [400.0, 100.0, 0.0, 0.0], ("v2", ""): [100.0, 30.0, 0.0, 0.0]}
     rows = arm_rows(counters, ABSplit.parse("A=v1:0.8,B=v2:0.2,C=v9:0.1"))
     assert [(r.arm, r.judged, r.hits) for r in rows] == [("A", 400, 100), ("B", 100, 30),
                                                          ("C", 0, 0)]  # fmt: skip
     out = render(rows)
-    assert "0.2500" in out and "+0.0500 vs A" in out and "[0.0000, 1.0000]" in out
+    assert "0.2500" in out and "HR +0.0500 vs A" in out and "[0.0000, 1.0000]" in out
+    assert "CTR" not in out  # no impressions: no CTR columns
+
+
+def test_the_report_groups_an_arms_versions_and_gives_ctr() -> None:
+    """An online-trained arm serves several versions over time: its rows are summed by the
+    arm label; impressions and clicks give CTR with its interval."""
+    text = "\n".join([
+        'streamrec_online_judged_total{arm="A",version="v1"} 100.0',
+        'streamrec_online_hits_total{arm="A",version="v1"} 20.0',
+        'streamrec_online_judged_total{arm="B",version="v1"} 50.0',
+        'streamrec_online_hits_total{arm="B",version="v1"} 10.0',
+        'streamrec_online_judged_total{arm="B",version="v7"} 50.0',
+        'streamrec_online_hits_total{arm="B",version="v7"} 20.0',
+        'streamrec_online_impressions_total{arm="A",version="v1"} 200.0',
+        'streamrec_online_clicks_total{arm="A",version="v1"} 10.0',
+        'streamrec_online_impressions_total{arm="B",version="v7"} 100.0',
+        'streamrec_online_clicks_total{arm="B",version="v7"} 10.0',
+    ])  # fmt: skip
+    rows = arm_rows(parse_online_counters(text), ABSplit.parse("A=v1:0.5,B=v1:0.5"))
+    b = rows[1]
+    assert (b.versions, b.judged, b.hits, b.impressions, b.clicks) == (("v1", "v7"), 100, 30,
+                                                                        100, 10)  # fmt: skip
+    assert rows[0].ctr == 0.05 and b.ctr == 0.1
+    out = render(rows)
+    assert "v7 +1" in out and "CTR +0.0500 vs A" in out and "HR +0.1000" in out

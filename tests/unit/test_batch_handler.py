@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -135,6 +136,43 @@ async def test_live_hit_rate_per_version_is_counted(monkeypatch: pytest.MonkeyPa
     # First view: nothing to judge; "a" is then a hit on the list ["a"]; "b" a miss.
     await h.handle([msg(0, view("1", "x")), msg(1, view("2", "a"))])
     await h.handle([msg(2, view("3", "b"))])
-    judged = h.metrics.online_judged.labels("v1")._value.get()
-    hits = h.metrics.online_hits.labels("v1")._value.get()
+    judged = h.metrics.online_judged.labels("v1", "")._value.get()
+    hits = h.metrics.online_hits.labels("v1", "")._value.get()
     assert (judged, hits) == (2, 1)
+
+
+async def test_impressions_are_answered_by_nothing_and_give_ctr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CTR where impressions exist: an impression is clicked by the user's next interaction
+    with one of its items before their next impression; it triggers no recommendation."""
+
+    def event(eid: str, kind: str, user: str, **extra: Any) -> bytes:
+        return orjson.dumps({"event_id": eid, "event_type": kind, "user_id": user,
+                             "session_id": "s", "timestamp_ms": 1, **extra})  # fmt: skip
+
+    seen: list[str] = []
+
+    async def fake(triggers: list[Trigger], *a: Any, **kw: Any) -> BatchResult:
+        seen.extend(t.event.event_id for t in triggers)
+        return BatchResult([rec_for(t) for t in triggers])
+
+    monkeypatch.setattr(agents, "recommend_batch", fake)
+    sink = Sink()
+    h = handler(sink)
+    h.model = SimpleNamespace(version="v1")  # type: ignore[assignment]
+    await h.handle([
+        msg(0, event("i1", "impression", "u", shown_items=["a", "b"], recommendation_id="x")),
+        msg(1, event("v1", "view", "u", item_id="c")),  # not shown: no click yet
+        msg(2, event("v2", "view", "u", item_id="b")),  # clicks i1
+        msg(3, event("v3", "view", "u", item_id="a")),  # i1 already clicked: nothing
+        msg(4, event("i2", "impression", "w", shown_items=["a"])),
+        msg(5, event("i3", "impression", "w", shown_items=["z"])),  # replaces i2 unclicked
+        msg(6, event("v4", "view", "w", item_id="a")),
+    ])  # fmt: skip
+    assert seen == ["v1", "v2", "v3", "v4"]  # impressions are no triggers
+    assert len(sink.on("recs")) == 4 and sink.on("dead") == []
+    m = h.metrics
+    assert m.online_impressions.labels("v1", "")._value.get() == 3
+    assert m.online_clicks.labels("v1", "")._value.get() == 1
+    assert m.events_in.labels("impression")._value.get() == 3

@@ -63,7 +63,10 @@ def test_the_demo_retrains_a_bundle_that_predates_the_blended_ranking(
     old = write_bundle(tmp_path / "m", version="old", metadata={"covisit_blend": 1.0}, **common)  # type: ignore[arg-type]
     promote(tmp_path / "m", old.name)
     trained: list[str] = []
-    new = write_bundle(tmp_path / "m", version="new", metadata={"blend": {"neural": 1}}, **common)  # type: ignore[arg-type]
+    new = write_bundle(tmp_path / "m", version="new", metadata={"blend": {"neural": 1}},
+                       weights={"w": np.zeros(1)}, **common)  # type: ignore[arg-type]  # fmt: skip
+    no_weights = write_bundle(tmp_path / "m", version="no-weights",
+                              metadata={"blend": {"neural": 1}}, **common)  # type: ignore[arg-type]  # fmt: skip
 
     def fake_train(*args: object, **kwargs: object) -> Path:
         trained.append("yes")
@@ -74,3 +77,5 @@ def test_the_demo_retrains_a_bundle_that_predates_the_blended_ranking(
     settings = load_settings(model_dir=tmp_path / "m")
     assert ensure_model(settings, [], [], Path("sample.csv")) == new and trained == ["yes"]
     assert ensure_model(settings, [], [], Path("sample.csv")) == new and trained == ["yes"]
+    promote(tmp_path / "m", no_weights.name)  # predates online fine-tuning: retrained too
+    assert ensure_model(settings, [], [], Path("sample.csv")) == new and trained == ["yes"] * 2

@@ -184,7 +184,9 @@ def test_user_event_conditional_rules_match_the_code() -> None:
     assert item_rule["required"] == ["item_id"]
     search_rule = rules[frozenset({EventType.SEARCH.value})]
     assert {tuple(b["required"]) for b in search_rule["anyOf"]} == {("query",), ("query_tokens",)}
-    assert set(EventType) == set(ITEM_EVENTS) | {EventType.SEARCH}
+    impression_rule = rules[frozenset({EventType.IMPRESSION.value})]
+    assert impression_rule["required"] == ["shown_items"]
+    assert set(EventType) == set(ITEM_EVENTS) | {EventType.SEARCH, EventType.IMPRESSION}
 
 
 def test_user_event_limits_match_limits_defaults() -> None:
@@ -364,6 +366,15 @@ VALID_BASES: list[dict[str, Any]] = [
         "campaign": "x",
     },
     {
+        "event_id": "e6",
+        "event_type": "impression",
+        "user_id": "u1",
+        "session_id": "s1",
+        "timestamp_ms": 1_700_000_000_000,
+        "shown_items": ["i1", 2],
+        "recommendation_id": "e1",
+    },
+    {
         "event_id": "e5",
         "event_type": "click",
         "user_id": "u1",
@@ -380,7 +391,8 @@ VALID_BASES: list[dict[str, Any]] = [
 POOL: list[Any] = [
     None, True, False, 0, -1, 7, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 1.5, -0.5,
     1_700_000_000_000.5, 32_503_680_000_000, 32_503_680_000_001,
-    "", "x", "x" * 256, "x" * 257, "q" * 512, "q" * 513, "view", "search", "purchase", "nope",
+    "", "x", "x" * 256, "x" * 257, "q" * 512, "q" * 513, "view", "search", "purchase",
+    "impression", "nope",
     [], [1, 2], ["a", "b"], [1, "a"], [""], [True], [None], [1.5], [[1]], [2**64],
     [1] * 200, [1] * 201, ["a"] * 201, {}, {"a": 1},
 ]  # fmt: skip
