@@ -2,6 +2,8 @@
 
 - ``fit_diginetica`` / ``synthesise``: synthetic user events fitted to the DIGINETICA sample
   (item popularity, session lengths, within-session re-view rate and gaps between views).
+- ``fit_event_mix``, ``session_views``, ``query_tokens``: purchases and searches for the mixed
+  stream of bench/loadgen.py.
 - ``ensure_bundle``: the model bundle the benchmarks serve (trained once if absent).
 - ``machine``, ``cpu_seconds``, ``machine_busy_seconds``, ``percentiles``: what every report
   prints.
@@ -9,10 +11,13 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
 import platform
 import subprocess
 import sys
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere, even without
 
 from topics.datasets import load_diginetica_views  # noqa: E402
 from topics.events import EventType, UserEvent  # noqa: E402
+from topics.loaders import datasets_root, load_diginetica  # noqa: E402
 
 SAMPLE = ROOT / "stream" / "data" / "diginetica-sample-views.csv.gz"
 DEFAULT_MODEL_DIR = Path(
@@ -78,6 +84,149 @@ def fit_diginetica(path: Path = SAMPLE) -> DigineticaFit:
     )
 
 
+# DIGINETICA's search log (train-queries.csv) is not in shared/datasets (see its README), so
+# the share of searches is an assumption (bench/search.py's mixed workload uses the same 10%)
+# and query lengths come from real search terms of another shop, Home Depot.
+SEARCH_SHARE = 0.10
+
+
+def homedepot_queries_path(root: Path | None = None) -> Path:
+    return datasets_root(root) / "homedepot-search-relevance" / "train.csv.gz"
+
+
+@dataclass(frozen=True, slots=True)
+class EventMix:
+    """What the views-only ``DigineticaFit`` lacks for a mixed stream: purchases (DIGINETICA's
+    train-purchases joined to the views sample's sessions) and searches."""
+
+    purchases_per_session: np.ndarray  # int64, purchases of each sample session (mostly 0)
+    # float64, share of the session's views before each purchase. The purchases file's
+    # timeframes do not line up with the views' (median 77 min after the session's previous
+    # view, some days later), so only the order is kept: a synthetic purchase follows its
+    # view after one of the sample's gaps between views.
+    purchase_at: np.ndarray
+    p_purchase_viewed: float  # share of purchases of an item viewed earlier in the session
+    purchases_per_view: float  # purchases / views of the sample sessions
+    queries: list[str]  # search terms, one per row of their file (frequent terms repeat)
+    search_share: float  # searches / all events
+    source: str  # where each part comes from, for reports
+
+    def query_lengths(self) -> np.ndarray:
+        """Words (= tokens) per query, one entry per row of ``queries``."""
+        return np.array([len(q.split()) for q in self.queries], dtype=np.int64)
+
+
+def query_tokens(query: str) -> list[int]:
+    """DIGINETICA-style hashed token ids of a query: one stable id per lower-cased word."""
+    return [zlib.crc32(w.encode()) % 1_000_000 + 1 for w in query.lower().split()]
+
+
+def read_queries(path: Path) -> list[str]:
+    """Non-blank ``search_term`` of every row of a Home Depot train.csv(.gz) (latin-1)."""
+    with gzip.open(path, "rt", encoding="latin-1", newline="") as fh:
+        return [q for row in csv.DictReader(fh) if (q := " ".join(row["search_term"].split()))]
+
+
+def fit_event_mix(
+    root: Path | None = None,
+    *,
+    search_share: float = SEARCH_SHARE,
+    queries: list[str] | None = None,
+) -> EventMix:
+    """Purchases from ``<root>/diginetica`` (views sample + its purchases; none when the
+    folder is absent), queries from Home Depot's search terms (or ``queries``; searches are
+    off when neither is there)."""
+    if not 0.0 <= search_share <= 0.5:
+        raise ValueError(f"search_share must be within [0, 0.5], got {search_share}")
+    sources = []
+    per_session: list[int] = []
+    at: list[float] = []
+    viewed = n_views = n_purchases = 0
+    folder = datasets_root(root) / "diginetica"
+    if (folder / "train-purchases.csv.gz").exists():
+        events, _ = load_diginetica(datasets_root(root))
+        sessions: dict[str, list[UserEvent]] = defaultdict(list)
+        for e in events:  # in time order
+            sessions[e.session_id].append(e)
+        for evs in sessions.values():
+            seen: set[str | None] = set()
+            views = [e for e in evs if e.event_type is EventType.VIEW]
+            bought = 0
+            for e in evs:
+                if e.event_type is EventType.VIEW:
+                    seen.add(e.item_id)
+                    continue
+                bought += 1
+                viewed += e.item_id in seen
+                before = sum(v.timestamp_ms <= e.timestamp_ms for v in views)
+                at.append(before / max(1, len(views)))
+            per_session.append(bought)
+            n_views += len(views)
+            n_purchases += bought
+        buying = sum(1 for x in per_session if x)
+        sources.append(
+            f"purchases: diginetica/train-purchases.csv.gz joined to the views sample, "
+            f"{n_purchases} in {buying} of its {len(per_session)} sessions"
+        )
+    else:
+        sources.append(f"purchases: none ({folder} absent)")
+    if queries is None:
+        path = homedepot_queries_path(root)
+        queries = read_queries(path) if path.exists() else []
+        sources.append(
+            f"search share {search_share:.0%} assumed; query lengths and words: "
+            + ("Home Depot search terms" if queries else f"none ({path} absent)")
+        )
+    else:
+        sources.append(f"search share {search_share:.0%} assumed; {len(queries)} given queries")
+    return EventMix(
+        purchases_per_session=np.array(per_session or [0], dtype=np.int64),
+        purchase_at=np.array(at or [1.0], dtype=np.float64),
+        p_purchase_viewed=viewed / max(1, n_purchases),
+        purchases_per_view=n_purchases / max(1, n_views),
+        queries=queries,
+        search_share=search_share if queries else 0.0,
+        source="; ".join(sources),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionViews:
+    """The views of a set of sessions, session by session (not yet in time order)."""
+
+    lengths: np.ndarray  # int64[S] views per session
+    session_of: np.ndarray  # int64[V] session (0..S-1) of each view
+    first: np.ndarray  # int64[S] index of each session's first view
+    times: np.ndarray  # float64[V] ms, on the clock of ``starts``
+    items: np.ndarray  # int64[V] index into ``fit.item_ids``
+
+
+def session_views(fit: DigineticaFit, rng: np.random.Generator, starts: np.ndarray) -> SessionViews:
+    """Views of sessions starting at ``starts`` (ms): each session's length from the sample's
+    session lengths, the gaps between its views from the sample's gaps, its items from the
+    sample's item popularity, re-viewing an item of the same session with the sample's
+    re-view rate. (``synthesise`` and bench/loadgen.py draw sessions through this.)"""
+    n_sessions = len(starts)
+    lengths = rng.choice(fit.session_lengths, n_sessions)
+    total = int(lengths.sum())
+    session_of = np.repeat(np.arange(n_sessions), lengths)
+    first_idx = np.cumsum(lengths) - lengths
+    first = np.zeros(total, dtype=bool)
+    first[first_idx] = True
+    gaps = np.where(first, 0, rng.choice(fit.gaps_ms, total)).astype(np.float64)
+    offsets = np.cumsum(gaps)
+    offsets -= np.repeat(offsets[first], lengths)  # restart the running sum per session
+    times = starts[session_of] + offsets
+    items = rng.choice(len(fit.item_ids), total, p=fit.item_p)
+    review = rng.random(total) < fit.p_review
+    # A re-view repeats one of the session's earlier items (the previous one if it is the
+    # second view); the first view of a session cannot be a re-view.
+    pos = np.arange(total) - np.repeat(first_idx, lengths)
+    for i in np.flatnonzero(review & (pos > 0)):
+        items[i] = items[i - 1 - rng.integers(0, pos[i])]
+    return SessionViews(lengths, session_of, first_idx, times, items)
+
+
 def synthesise(
     fit: DigineticaFit, n: int, *, seed: int, tag: str, site_rate: float = 100.0
 ) -> list[UserEvent]:
@@ -98,22 +247,8 @@ def synthesise(
     span_ms = warmup_ms + 1.5 * n / site_rate * 1000
     n_sessions = int(span_ms / 1000 * site_rate / mean_len) + 1
     starts = rng.uniform(0.0, span_ms, n_sessions)
-    lengths = rng.choice(fit.session_lengths, n_sessions)
-    total = int(lengths.sum())
-    session_of = np.repeat(np.arange(n_sessions), lengths)
-    first = np.zeros(total, dtype=bool)
-    first[np.cumsum(lengths) - lengths] = True
-    gaps = np.where(first, 0, rng.choice(fit.gaps_ms, total)).astype(np.float64)
-    offsets = np.cumsum(gaps)
-    offsets -= np.repeat(offsets[first], lengths)  # restart the running sum per session
-    times = starts[session_of] + offsets
-    items = rng.choice(len(fit.item_ids), total, p=fit.item_p)
-    review = rng.random(total) < fit.p_review
-    # A re-view repeats one of the session's earlier items (the previous one if it is the
-    # second view); the first view of a session cannot be a re-view.
-    pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    for i in np.flatnonzero(review & (pos > 0)):
-        items[i] = items[i - 1 - rng.integers(0, pos[i])]
+    views = session_views(fit, rng, starts)
+    session_of, times, items = views.session_of, views.times, views.items
     order = np.argsort(times, kind="stable")
     order = order[times[order] >= warmup_ms][:n]
     if order.size < n:
