@@ -7,12 +7,14 @@
 - ``ensure_bundle``: the model bundle the benchmarks serve (trained once if absent).
 - ``machine``, ``cpu_seconds``, ``machine_busy_seconds``, ``percentiles``: what every report
   prints.
+- ``summary``: one row of the table bench/run_all.py (``make bench``) prints at the end.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import platform
 import subprocess
@@ -270,17 +272,40 @@ def synthesise(
     return out
 
 
+# What a bundle's training and exported graph depend on: a bench bundle made by other code
+# than this would time another model.
+_MODEL_CODE = ("models/ranker.py", "models/training.py", "models/export.py")
+
+
+def model_code_digest() -> str:
+    digest = zlib.crc32(b"".join((ROOT / name).read_bytes() for name in _MODEL_CODE))
+    return f"{digest:08x}"
+
+
 def ensure_bundle(model_dir: Path) -> Path:
-    """The current bundle under ``model_dir``; trains one on the sample (~15 s) if absent."""
-    from models.bundle import latest_bundle
+    """The current bundle under ``model_dir``; trains one on the sample (~15 s) if absent or
+    if it was trained by other model code (``bench_model_code`` in its metadata)."""
+    import orjson
+
+    from models.bundle import METADATA_FILE, latest_bundle
 
     path = latest_bundle(model_dir)
+    digest = model_code_digest()
     if path is not None:
-        return path
+        made_by = orjson.loads((path / METADATA_FILE).read_bytes()).get("bench_model_code")
+        if made_by == digest:
+            return path
+        why = f"bundle {path.name} was trained by other model code"
+    else:
+        why = f"no model bundle in {model_dir}"
+    from models.bundle import derive_bundle, promote
     from stream.train_job import train_from_file
 
-    print(f"no model bundle in {model_dir}: training one on the DIGINETICA sample ...", flush=True)
-    return train_from_file(SAMPLE, model_dir, test_days=14.0, epochs=None, seed=0)
+    print(f"{why}: training one on the DIGINETICA sample ...", flush=True)
+    trained = train_from_file(SAMPLE, model_dir, test_days=14.0, epochs=None, seed=0)
+    tagged = derive_bundle(trained, {"bench_model_code": digest})
+    promote(model_dir, tagged.name)
+    return tagged
 
 
 def git_commit() -> str:
@@ -365,3 +390,18 @@ def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 99)) -> list
     if arr.size == 0:
         return [float("nan")] * len(qs)
     return [float(x) for x in np.percentile(arr, qs)]
+
+
+SUMMARY_ENV = "STREAMREC_BENCH_SUMMARY"
+
+
+def summary(bench: str, metric: str, value: float, unit: str = "", goal: str = "") -> None:
+    """Record one headline number of this run for bench/run_all.py's closing table (a JSON
+    line appended to the file named by ``STREAMREC_BENCH_SUMMARY``; nothing when unset, so
+    every script still runs on its own)."""
+    path = os.environ.get(SUMMARY_ENV)
+    if not path:
+        return
+    row = {"bench": bench, "metric": metric, "value": float(value), "unit": unit, "goal": goal}
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")

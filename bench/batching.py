@@ -45,6 +45,7 @@ from _common import (
     machine_busy_seconds,
     percentiles,
     pid_from_file,
+    summary,
     synthesise,
 )
 
@@ -183,6 +184,10 @@ async def bench(args: argparse.Namespace, redis_url: str) -> list[str]:
         ratio = single.per_event_ms / batched.per_event_ms
         b50, b99 = percentiles(batched.call_ms)
         s50, s99 = percentiles(single.call_ms)
+        summary("batching", "recommend_batch per event, batch of 64", batched.per_event_ms, "ms")
+        summary("batching", "batched / one at a time, per event", 1 / ratio, "", "<= 0.10")
+        summary("batching", "batch of 64, p50 per call", b50, "ms")
+        summary("batching", "batch of 64, p99 per call", b99, "ms")
         lines = [
             "streamrec batching benchmark (bench/batching.py)",
             f"  machine      {machine()}",

@@ -52,6 +52,7 @@ from _common import (
     machine,
     machine_busy_seconds,
     percentiles,
+    summary,
 )
 
 from models.bundle import Bundle
@@ -181,6 +182,9 @@ def scorer_table(rows: list[Row]) -> list[str]:
             f"{r.metrics['gru_hr'] - base.metrics['gru_hr']:+8.4f} {r.metrics['gru_mrr']:7.4f} "
             f"{r.metrics['gru_mrr'] - base.metrics['gru_mrr']:+8.4f}"
         )
+        if r is not base:
+            summary("compression", f"{r.name} scorer speed vs fp32", base_p50 / p50, "x")
+            summary("compression", f"{r.name} served HR@20 delta", dhr)
     return out
 
 

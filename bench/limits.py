@@ -53,6 +53,7 @@ from _common import (
     machine_busy_seconds,
     percentiles,
     pid_from_file,
+    summary,
 )
 from loadgen import LOADGEN_NOTE, generate, publish
 from throughput import STREAMREC_HOME, record_timestamps, run_passthrough_child
@@ -325,6 +326,13 @@ def main() -> int:
                 f"RATIO {pair.name.split(':')[0]:<12} batched/unbatched per event = "
                 f"{pair.ratio:.3f} ({1 / max(pair.ratio, 1e-12):.1f}x cheaper batched)"
             )
+        summary("limits", "kafka passthrough (median pass)", statistics.median(rates), "events/s")
+        for pair in pairs:
+            stage = pair.name.split(":")[0]
+            summary("limits", f"{stage} batched/unbatched per event", pair.ratio, "",
+                    f"<= {GOAL:.2f}" if pair is onnx else "")  # fmt: skip
+            summary("limits", f"{stage} batch of 64, p99 per call",
+                    percentiles(pair.batched)[1], "ms")  # fmt: skip
         met = "met" if onnx.ratio <= GOAL else "NOT met"
         lines.append(
             f"GOAL scoring batched <= {GOAL:.2f} x unbatched per event: {onnx.ratio:.3f} ({met})"

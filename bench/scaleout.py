@@ -56,6 +56,7 @@ from _common import (
     machine_busy_seconds,
     percentiles,
     pid_from_file,
+    summary,
 )
 from aiokafka.admin import AIOKafkaAdminClient
 from loadgen import LOADGEN_NOTE, generate, publish
@@ -511,6 +512,10 @@ def main() -> int:
             lines.append(f"      {name:<46}{count:7d}{p50:9.1f}{p99:9.1f}{top:9.1f}")
         base = rb.stretches[0][3]
         worst = max((s[3] for s in rb.stretches[1:4] if s[1]), default=float("nan"))
+        summary("scaleout", "2 workers / 1 worker, events/s", ratio_all)
+        summary("scaleout", "events lost across join + leave", rb.lost, "", "0")
+        summary("scaleout", "duplicates across join + leave", rb.duplicates, "",
+                "0 in exactly-once mode (issue 8)")  # fmt: skip
         lines += [
             f"RATIO worst p99 around the rebalances / p99 with 1 worker before = "
             f"{worst / max(base, 1e-9):.2f}",

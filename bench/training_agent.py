@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import git_commit, machine, percentiles
+from _common import git_commit, machine, percentiles, summary
 
 from models.gates import GateConfig
 from stream.train_agent import AgentConfig, TrainerMetrics, TrainingAgent
@@ -115,8 +115,11 @@ def main() -> int:
             f"learning: {fast:,.0f} examples/s with chunks of {args.chunk}, {slow:,.0f} with "
             f"chunks of 16 (ratio {fast / max(slow, 1e-9):.2f}; prequential scoring included)",
         ]
+        summary("training_agent", f"examples/s, chunks of {args.chunk}", fast)
+        summary("training_agent", f"chunk {args.chunk} / chunk 16 examples/s", fast / slow)
         if publish_s:
             p50, mx = percentiles(publish_s, (50,))[0], max(publish_s)
+            summary("training_agent", "candidate due -> promoted, p50", p50, "s")
             lines.append(f"publish (export, bundle, consistency replay, promote): p50 {p50:.2f} s,"
                          f" max {mx:.2f} s over {len(publish_s)} candidates")  # fmt: skip
         lines += ["candidates (prequential, since the previous candidate):", *rows]
