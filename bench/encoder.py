@@ -39,6 +39,7 @@ from _common import (
     machine,
     machine_busy_seconds,
     percentiles,
+    summary,
 )
 
 from models.text_encoder import OUTPUT_NAME, MiniLMEncoder, mean_pool_normalise
@@ -169,6 +170,9 @@ def report_kind(kind: str, modes: list[Mode], max_diff: float) -> list[str]:
             f"  RATIO {kind}/s {mode.label} / one at a time = "
             f"{mode.per_second / single.per_second:.1f}x"
         )
+        summary("encoder", f"{kind} {mode.label} / one at a time, texts/s",
+                mode.per_second / single.per_second, "x")  # fmt: skip
+    summary("encoder", f"{kind} ms/text, {modes[0].label}", modes[0].per_text_ms, "ms")
     lines.append(f"  largest |batched - single| vector element: {max_diff:.2e}")
     return lines
 

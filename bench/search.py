@@ -70,6 +70,7 @@ from _common import (
     machine_busy_seconds,
     percentiles,
     pid_from_file,
+    summary,
     synthesise,
 )
 
@@ -542,6 +543,12 @@ async def bench(args: argparse.Namespace, redis_url: str, notes: list[str]) -> l
                     + "".join(f"{x:10.4f}" for x in costs)
                     + f"{outside:10.4f}"
                 )
+        summary("search", "cold search per event, batch of 64", a.batched.per_event_ms, "ms")
+        summary("search", "warm search per event, batch of 64", b.batched.per_event_ms, "ms")
+        summary("search", "cold search one at a time / batch of 64",
+                a.single.per_event_ms / a.batched.per_event_ms, "x")  # fmt: skip
+        summary("search", "view + 10% search / view, batch of 64",
+                d.batched.per_event_ms / c.batched.per_event_ms, "x")  # fmt: skip
         lines += [
             "",
             f"RATIO search cold per-event cost one-at-a-time / batch-of-64 = "
