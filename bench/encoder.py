@@ -187,6 +187,8 @@ def main() -> int:
         help="batch sizes (comma-separated)",
     )
     p.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="execution provider (cuda needs the gpu extra and a GPU)")  # fmt: skip
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -200,7 +202,9 @@ def main() -> int:
         kind: [values[i] for i in rng.permutation(len(values))[: args.texts]]
         for kind, values in corpus.items()
     }
-    encoder = MiniLMEncoder(device="cpu", intra_op_threads=args.threads, max_batch=max(args.sizes))
+    encoder = MiniLMEncoder(
+        device=args.device, intra_op_threads=args.threads, max_batch=max(args.sizes)
+    )
     for size in (1, *args.sizes):  # memory planning for each shape class before timing
         for _ in range(3):
             encoder.encode(sample["queries"][:size])

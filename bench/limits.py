@@ -107,7 +107,8 @@ async def micro(
     args: argparse.Namespace, redis_url: str, run_id: str, bundle: Path
 ) -> tuple[list[Pair], ServingModel, list[str]]:
     """(b), (c), (d), round by round; returns the timings, the model and a background note."""
-    model = ServingModel.load(bundle)  # as the worker: 1 ONNX thread, 1 FAISS thread
+    # as the worker: 1 ONNX thread, 1 FAISS thread; --device cuda: the gpu extra's provider
+    model = ServingModel.load(bundle, device=args.device)
     cfg = load_settings()
     client = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     stores = [
@@ -279,6 +280,8 @@ def main() -> int:
     p.add_argument("--redis-port", type=int, default=26379)
     p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="scorer provider (auto: CUDA when onnxruntime-gpu sees a GPU)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=120.0, help="per phase, seconds")
     p.add_argument("--quick", action="store_true", help="2,000 events, 1 pass, 20 rounds")
     args = p.parse_args()
