@@ -7,16 +7,17 @@ otherwise crowd every result list.
 Index type by catalogue size (``Retriever.build``):
 
 - up to ``FLAT_MAX_ITEMS`` (100k) items: exact ``IndexFlatIP``. It needs no training or
-  tuning, and is fast enough there (about 2 ms for 64 queries over 6k items, tens of ms over
-  100k; bench/memory.py).
-- above: ``IndexIVFFlat`` (inner product), ``nlist ≈ 4·√N`` lists from k-means on (a sample
-  of) the normalised embeddings. ``nprobe`` is the smallest number of lists to visit (within
-  1/16) for which recall@K of the ANN stage against exact search reaches ``recall_target``
-  (0.95 by default, K = 20) on held-out queries shaped like the serving ones; it is stored in
-  the index file (FAISS writes ``nprobe`` with an IVF index) and in ``Retriever.info``.
-  ``ann_recall`` measures that recall for any retriever. Flat search scans all N rows per
-  query; IVF scans about ``nprobe / nlist`` of them, which is what keeps a 64-query batch over
-  a million items in the tens of ms instead of most of a second.
+  tuning, and is fast enough there (64 queries: about 2 ms over 6k items, 13 ms over 100k).
+- above: ``IndexIVFFlat`` (inner product), ``nlist ≈ 4·√N`` lists from k-means on a sample of
+  the normalised embeddings. ``nprobe`` is the smallest number of lists to visit (within 1/16)
+  for which recall@K of the ANN stage against exact search reaches ``recall_target`` (0.95 by
+  default, K = 20) with 95% confidence on held-out queries shaped like the serving ones; it is
+  stored in the index file (FAISS writes ``nprobe`` with an IVF index) and in
+  ``Retriever.info``. ``ann_recall`` measures that recall for any retriever. A flat search
+  scans all N rows per query, IVF about ``nprobe / nlist`` of them: over 1M items shaped like
+  the trained ones (clustered), nprobe 17 of 4000 lists and 6 ms per 64 queries instead of
+  133 ms. Random vectors have no clusters and are IVF's worst case: nprobe ~430 and only
+  1.5x faster than flat (bench/memory.py).
 
 Loading (``Retriever.load``) memory-maps the index file by default, so the workers of a host
 share one copy of the vectors in the page cache instead of each reading its own. In
@@ -43,6 +44,9 @@ FLAT_MAX_ITEMS = 100_000  # above this many items, Retriever.build makes an IVF 
 RECALL_TARGET = 0.95  # recall@RECALL_K of the IVF stage vs exact search that nprobe must reach
 RECALL_K = 20  # the K of that recall: the served top-K
 TUNE_QUERIES = 500  # held-out queries the nprobe search uses
+# nprobe must reach the target with this one-sided confidence (z of 95%): the mean over 500
+# queries alone, at the smallest nprobe that reaches it, fell to 0.946 on other queries.
+CONFIDENCE_Z = 1.645
 KMEANS_ITERATIONS = 10  # FAISS's default for an IVF quantizer
 KMEANS_POINTS_PER_LIST = 64  # training sample: 64 points per list (FAISS warns below 39)
 # What Retriever.load passes to faiss.read_index to memory-map the vectors (see above).
@@ -72,14 +76,16 @@ def serving_like_queries(items: np.ndarray, n: int, rng: np.random.Generator) ->
     return l2_normalise(0.7 * a + 0.3 * b)
 
 
-def _overlap(found: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean share of each row of ``exact`` ``int64[B, k]`` (FAISS rows, -1 = none) that is
-    in the same row of ``found`` ``int64[B, k']``: recall@k of ``found``."""
-    per_query = [
-        len(set(f[f >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, int((e >= 0).sum()))
-        for f, e in zip(found[:, :k], exact[:, :k], strict=True)
-    ]
-    return float(np.mean(per_query)) if per_query else 1.0
+def _per_query_recall(found: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
+    """``float64[B]``: for each row of ``exact`` ``int64[B, k]`` (FAISS rows, -1 = none), the
+    share of it that the same row of ``found`` ``int64[B, k']`` holds: recall@k per query."""
+    return np.array(
+        [
+            len(set(f[f >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, int((e >= 0).sum()))
+            for f, e in zip(found[:, :k], exact[:, :k], strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def _exact_rows(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -175,9 +181,10 @@ class Retriever:
             tune_queries = serving_like_queries(held_out, TUNE_QUERIES, rng)
         queries = np.ascontiguousarray(l2_normalise(tune_queries))
         exact = _exact_rows(items, queries, recall_k)
-        _, recall = _tune_nprobe(index, queries, exact, recall_k, recall_target)
+        _, recall, lower = _tune_nprobe(index, queries, exact, recall_k, recall_target)
         info = {
             "recall": round(recall, 4),
+            "recall_lower": round(lower, 4),
             "k": recall_k,
             "recall_target": recall_target,
             "tune_queries": len(queries),
@@ -259,31 +266,36 @@ class Retriever:
 
 def _tune_nprobe(
     index: faiss.IndexIVF, queries: np.ndarray, exact: np.ndarray, k: int, target: float
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     """Smallest ``nprobe`` (to within 1/16) whose recall@``k`` against ``exact`` ``int64[B, k]``
-    reaches ``target`` on ``queries`` ``float32[B, D]``: doubling from 1, then bisection.
-    Sets it on ``index`` and returns ``(nprobe, recall)``; ``nprobe = nlist`` is an exhaustive
-    search (recall 1 up to ties)."""
+    on ``queries`` ``float32[B, D]`` reaches ``target`` with 95% confidence (the mean minus
+    ``CONFIDENCE_Z`` standard errors), so that other queries from the same distribution reach
+    it too: doubling from 1, then bisection. Sets it on ``index`` and returns ``(nprobe, mean
+    recall, its lower bound)``; ``nprobe = nlist`` is an exhaustive search (recall 1 up to
+    ties)."""
 
-    def recall_at(nprobe: int) -> float:
+    def recall_at(nprobe: int) -> tuple[float, float]:
         index.nprobe = nprobe
         _, rows = index.search(queries, k)
-        return _overlap(np.asarray(rows, dtype=np.int64), exact, k)
+        per_query = _per_query_recall(np.asarray(rows, dtype=np.int64), exact, k)
+        mean = float(per_query.mean())
+        sem = float(per_query.std(ddof=1)) / np.sqrt(len(per_query)) if len(per_query) > 1 else 0.0
+        return mean, mean - CONFIDENCE_Z * sem
 
     lo, hi = 0, 1
-    recall = recall_at(hi)
-    while recall < target and hi < index.nlist:
+    recall, lower = recall_at(hi)
+    while lower < target and hi < index.nlist:
         lo, hi = hi, min(2 * hi, int(index.nlist))
-        recall = recall_at(hi)
+        recall, lower = recall_at(hi)
     while hi - lo > max(1, hi // 16):
         mid = (lo + hi) // 2
-        r = recall_at(mid)
-        if r >= target:
-            hi, recall = mid, r
+        r, r_lower = recall_at(mid)
+        if r_lower >= target:
+            hi, recall, lower = mid, r, r_lower
         else:
             lo = mid
     index.nprobe = hi
-    return hi, recall
+    return hi, recall, lower
 
 
 def ann_recall(
@@ -300,4 +312,4 @@ def ann_recall(
     normalised = np.ascontiguousarray(l2_normalise(queries))
     exact = _exact_rows(items, normalised, k)
     _, found = index_retriever.search(normalised, k)
-    return _overlap(found - 1, exact, k)
+    return float(_per_query_recall(found - 1, exact, k).mean())
