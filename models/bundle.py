@@ -3,6 +3,7 @@
 Serving-side, never imports torch. A bundle is a directory ``<root>/<version>/`` holding::
 
     model.onnx       the exported ranker (models/export.py)
+    model.onnx.data  optional: its weights as ONNX external data (memory-mapped by ONNX Runtime)
     items.faiss      inner-product index over normalised item embeddings (models/retrieval.py)
     item_ids.json    list of item id strings; position i is item index i + 1 (0 = padding)
     embeddings.npy   float32[N + 1, D] raw item embeddings, row 0 zero: serving adds them into
@@ -41,6 +42,10 @@ from models.token_encoder import TOKENS_FILE, TokenEncoder
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
+# The ranker's weights as ONNX external data beside the graph: ONNX Runtime maps the file
+# instead of copying the tensors, so workers on one host share those pages. Optional: a
+# graph with its weights inline (older bundles, compressed variants) has none.
+MODEL_DATA_FILE = "model.onnx.data"
 INDEX_FILE = "items.faiss"
 ITEM_IDS_FILE = "item_ids.json"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -148,12 +153,18 @@ def write_bundle(
     tmp.mkdir()
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_FILE)
+        data = Path(onnx_path).parent / MODEL_DATA_FILE
+        extra: list[str] = []
+        if data.is_file():  # the graph's external weights (models/export.py writes them)
+            shutil.copyfile(data, tmp / MODEL_DATA_FILE)
+            os.chmod(tmp / MODEL_DATA_FILE, 0o644)
+            extra.append(MODEL_DATA_FILE)
         (retriever or Retriever.build(embeddings)).save(tmp / INDEX_FILE)
         (tmp / ITEM_IDS_FILE).write_bytes(orjson.dumps(list(item_ids)))
         np.save(tmp / EMBEDDINGS_FILE, embeddings, allow_pickle=False)
         np.save(tmp / POPULARITY_FILE, popularity, allow_pickle=False)
         (tmp / METADATA_FILE).write_bytes(orjson.dumps(meta, option=_JSON_OPTS))
-        names = list(FILES)
+        names = list(FILES) + extra
         if covisit is not None:
             seq = sequential or (covisit[0][:, :0], covisit[1][:, :0])
             np.savez(tmp / COVISIT_FILE, neighbours=covisit[0], weights=covisit[1],

@@ -59,6 +59,7 @@ from models.bundle import (
     _VERSION_RE,
     MANIFEST_FILE,
     METADATA_FILE,
+    MODEL_DATA_FILE,
     MODEL_FILE,
     WEIGHTS_FILE,
     Bundle,
@@ -189,6 +190,12 @@ def random_examples(bundle: Bundle, *, rows: int = 256, n_candidates: int = 100,
 def score_all(scorer: Scorer, examples: Examples, batch: int = 256) -> np.ndarray:
     """``float32[P, C]`` scores of every example row, ``batch`` rows per call."""
     return np.concatenate([scorer.score(**f) for f in examples.batches(batch)], axis=0)
+
+
+def model_bytes(onnx_path: Path) -> int:
+    """Bytes of a graph with its external weights, if it has them."""
+    data = Path(onnx_path).parent / MODEL_DATA_FILE
+    return Path(onnx_path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def max_abs_diff(a: Path, b: Path, examples: Examples) -> float:
@@ -324,6 +331,13 @@ def write_variant(
     shutil.copytree(parent, tmp)
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_FILE)
+        # The new graph's external weights replace the parent's; a graph saved with its
+        # weights inline must not keep the parent's file (nor list it in the manifest).
+        data = Path(onnx_path).parent / MODEL_DATA_FILE
+        if data.is_file():
+            shutil.copyfile(data, tmp / MODEL_DATA_FILE)
+        else:
+            drop = [*drop, MODEL_DATA_FILE]
         for name in drop:
             (tmp / name).unlink(missing_ok=True)
         meta = orjson.loads((tmp / METADATA_FILE).read_bytes())
@@ -341,8 +355,10 @@ def write_variant(
         (tmp / METADATA_FILE).write_bytes(orjson.dumps(meta, option=_JSON_OPTS))
         manifest = orjson.loads((tmp / MANIFEST_FILE).read_bytes())
         files = {k: v for k, v in manifest["files"].items() if k not in drop}
-        for name in (MODEL_FILE, METADATA_FILE):
-            files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+        for name in (MODEL_FILE, METADATA_FILE, MODEL_DATA_FILE):
+            if (tmp / name).is_file():
+                files[name] = {"sha256": sha256_file(tmp / name),
+                               "bytes": (tmp / name).stat().st_size}  # fmt: skip
         manifest.update(version=version, files=files)
         (tmp / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=_JSON_OPTS))
         verify_bundle(tmp)
@@ -419,8 +435,8 @@ def compress_bundle(
                         **report)  # fmt: skip
             drop.append(WEIGHTS_FILE)
             updates["onnx_parity_max_abs_diff"] = report["onnx_parity_max_abs_diff"]
-        info["model_bytes"] = out.stat().st_size
-        info["parent_model_bytes"] = bundle.onnx_path.stat().st_size
+        info["model_bytes"] = model_bytes(out)
+        info["parent_model_bytes"] = model_bytes(bundle.onnx_path)
         info["max_abs_diff_vs_parent"] = max_abs_diff(bundle.onnx_path, out, check)
         info["checked_on"] = checked_on
         return write_variant(

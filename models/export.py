@@ -7,6 +7,7 @@ model it was trained as would serve silently wrong scores.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import warnings
@@ -20,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.bundle import WEIGHTS_FILE, Bundle, ModelError, write_bundle
+from models.bundle import MODEL_DATA_FILE, WEIGHTS_FILE, Bundle, ModelError, write_bundle
 from models.covisit import build_covisitation
 from models.ranker import SessionRanker
 from models.retrieval import Retriever, l2_normalise
@@ -73,7 +74,22 @@ def export_onnx(model: SessionRanker, path: Path, *, max_recent: int, dim: int) 
             dynamic_axes=dynamic_axes,
             opset_version=OPSET,
         )
+    _weights_outside(Path(path))
     return Path(path)
+
+
+def _weights_outside(path: Path) -> None:
+    """Move the graph's weights into ``model.onnx.data`` beside it (ONNX external data): ONNX
+    Runtime then maps that file rather than copying the tensors into each process, so the
+    item tables of a large catalogue are shared by the workers of a host (bench/memory.py)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=MODEL_DATA_FILE, size_threshold=1024)  # fmt: skip
+    data = path.parent / MODEL_DATA_FILE
+    if data.is_file():  # absent when every tensor is under 1 KiB (tiny test models)
+        os.chmod(data, 0o644)
 
 
 def check_parity(
