@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create the virtualenv ($(VENV)) with serving, training and dev packages
 	@deploy/local/kafka.sh fetch
 	@deploy/local/redis.sh install
+	@deploy/local/promtool.sh install
 
 demo: install  ## the whole pipeline on sample data: local Kafka+Redis, train, worker, replay, report
 	$(PY) -m stream.cli demo
