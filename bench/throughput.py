@@ -23,7 +23,8 @@ and one ONNX call per micro-batch; the ratio to a do-nothing passthrough on the 
 says how much the recommender costs on top of the Kafka plumbing, independent of how fast
 this machine is. Events are synthetic, fitted to DIGINETICA (see bench/_common.py).
 
-Usage: python bench/throughput.py [--events 20000] [--load 0.5] [--latency-seconds 30]
+Usage: python bench/throughput.py [--events 20000] [--load 0.5 or 0.25,0.5,0.75]
+       [--latency-seconds 30] [--latency-budget-ms 25]
 Starts Kafka (127.0.0.1:29092) and Redis (127.0.0.1:26379) through deploy/local/*.sh unless
 they already run there or KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set, and stops what it
 started. Never a test: timings on shared CI machines are not assertions.
@@ -226,6 +227,8 @@ class WorkerSnapshot:
     events: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     stage_n: dict[str, float] = field(default_factory=dict)
+    wait_ms: float = 0.0  # sum of streamrec_batch_wait_ms
+    closed: dict[str, float] = field(default_factory=dict)  # batches closed, by reason
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine_cpu_s: float = 0.0  # every process of the machine
 
@@ -244,6 +247,10 @@ def snapshot(port: int, pids: dict[str, int | None]) -> WorkerSnapshot:
                 snap.stage_ms[s.labels["stage"]] = s.value
             elif s.name == "streamrec_stage_latency_ms_count":
                 snap.stage_n[s.labels["stage"]] = s.value
+            elif s.name == "streamrec_batch_wait_ms_sum":
+                snap.wait_ms = s.value
+            elif s.name == "streamrec_batches_closed_total":
+                snap.closed[s.labels["reason"]] = s.value
     snap.cpu_s = {name: cpu_seconds(pid) for name, pid in pids.items()}
     snap.cpu_s["bench (this process)"] = time.process_time()
     snap.machine_cpu_s = machine_busy_seconds()
@@ -254,8 +261,13 @@ def describe_phase(before: WorkerSnapshot, after: WorkerSnapshot, wall_s: float)
     """Where the worker's time went between two snapshots."""
     batches = max(1.0, after.batches - before.batches)
     events = after.events - before.events
+    closed = ", ".join(
+        f"{r} {after.closed.get(r, 0.0) - before.closed.get(r, 0.0):.0f}" for r in after.closed
+    )
     lines = [
-        f"    batches {batches:.0f}, events {events:.0f}, mean batch size {events / batches:.1f}"
+        f"    batches {batches:.0f}, events {events:.0f}, mean batch size {events / batches:.1f}",
+        f"    batch closed by: {closed or '-'}; oldest event's age at close "
+        f"{(after.wait_ms - before.wait_ms) / batches:.1f} ms (mean)",
     ]
     total = 0.0
     parts = []
@@ -304,7 +316,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--events", type=int, default=20_000, help="N pre-loaded events (a, b)")
     p.add_argument(
-        "--load", type=float, default=0.5, help="(c) replay rate as a share of (b)'s max"
+        "--load",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[0.5],
+        help="(c) replay rate as a share of (b)'s max; several, comma-separated (0.25,0.5,0.75), "
+        "run one after another on the same warm worker",
+    )
+    p.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        help="worker STREAMREC_LATENCY_BUDGET_MS (0 = fixed size/wait batching); default: the "
+        "worker's own default or this environment's",
     )
     p.add_argument("--latency-seconds", type=float, default=30.0, help="(c) replay duration")
     p.add_argument("--kafka-port", type=int, default=29092)
@@ -332,6 +354,13 @@ def main() -> int:
     if args.passthrough_child:
         print(json.dumps(asyncio.run(passthrough(*json.loads(args.passthrough_child)))))
         return 0
+    if args.swap_at is not None and len(args.load) > 1:
+        p.error("--swap-at takes one --load share")
+    budget_env = (
+        {"STREAMREC_LATENCY_BUDGET_MS": f"{args.latency_budget_ms:g}"}
+        if args.latency_budget_ms is not None
+        else {}
+    )
 
     services = LocalServices(kafka_port=args.kafka_port, redis_port=args.redis_port)
     run_id = uuid.uuid4().hex[:8]
@@ -359,6 +388,7 @@ def main() -> int:
                 "STREAMREC_GROUP_ID": f"bench-{run_id}",
                 "STREAMREC_METRICS_PORT": str(metrics_port),
                 "STREAMREC_LOG_LEVEL": args.log_level,
+                **budget_env,
             },
             run_id=run_id,
         )
@@ -445,15 +475,9 @@ def main() -> int:
         events_b = max(1.0, after_b.events - before_b.events)  # handled between the snapshots
 
         # (c) a fixed-rate replay into the warm worker: a second synthetic stream (new users)
-        rate = args.load * worker_rate
-        m = max(1, int(rate * args.latency_seconds))
-        replay = synthesise(fit, m, seed=args.seed + 1, tag=f"{run_id}c")
-        msgs = [(e.user_id.encode(), e.to_bytes()) for e in replay]
-        before_c = snapshot(metrics_port, pids)
-        t_c = time.time()
-        swap_ms: list[float] = []
-
-        async def replay_c() -> float:
+        async def replay_c(
+            msgs: list[tuple[bytes, bytes]], rate: float, swap_ms: list[float]
+        ) -> float:
             sending = asyncio.ensure_future(produce(bootstrap, events_topic, msgs, rate=rate))
             if args.swap_at is not None:
                 await asyncio.sleep(args.swap_at)
@@ -465,54 +489,83 @@ def main() -> int:
                                            int(swap_ms[0])))  # fmt: skip
             return await sending
 
-        sent_at = asyncio.run(replay_c())
-        sent_s = time.time() - sent_at
-        got = asyncio.run(
-            wait_for_records(
-                bootstrap,
-                recs_topic,
-                RECOMMENDATIONS.partitions,
-                n + m,
-                stall_s=60,
-                deadline_s=args.timeout,
-                alive=worker,
+        phase_lines: list[str] = []
+        m_total = 0
+        for i, share in enumerate(args.load):
+            rate = share * worker_rate
+            m = max(1, int(rate * args.latency_seconds))
+            replay = synthesise(fit, m, seed=args.seed + 1 + i, tag=f"{run_id}c{i or ''}")
+            msgs = [(e.user_id.encode(), e.to_bytes()) for e in replay]
+            before_c = snapshot(metrics_port, pids)
+            t_c = time.time()
+            swap_ms: list[float] = []
+            sent_at = asyncio.run(replay_c(msgs, rate, swap_ms))
+            sent_s = time.time() - sent_at
+            got = asyncio.run(
+                wait_for_records(
+                    bootstrap,
+                    recs_topic,
+                    RECOMMENDATIONS.partitions,
+                    n + m_total + m,
+                    stall_s=60,
+                    deadline_s=args.timeout,
+                    alive=worker,
+                )
             )
-        )
-        after_c = snapshot(metrics_port, pids)
-        wall_c = time.time() - t_c
-        col = asyncio.run(collect(bootstrap, recs_topic, dead_topic, expect=n + m, timeout_s=30))
-        recs_c = [
-            col.recommendations[e.event_id] for e in replay if e.event_id in col.recommendations
-        ]
-        if len(recs_c) < m:
-            raise RuntimeError(f"latency phase: {len(recs_c)} of {m} recommendations")
-        lat = [r.latency_ms for r in recs_c]
-        if args.latency_csv:
-            rows = sorted((r.produced_at_ms - r.latency_ms, r.latency_ms) for r in recs_c)
-            args.latency_csv.write_text(
-                "send_ms,latency_ms\n" + "".join(f"{a:.1f},{b:.3f}\n" for a, b in rows)
+            after_c = snapshot(metrics_port, pids)
+            wall_c = time.time() - t_c
+            col = asyncio.run(
+                collect(bootstrap, recs_topic, dead_topic, expect=n + m_total + m, timeout_s=30)
             )
-        p50, p99, p999 = percentiles(lat, (50, 99, 99.9))
-        p50_b, p99_b = percentiles([r.latency_ms for r in recs_b])
-        swap_lines: list[str] = []
-        if swap_ms:
-            sent = [(r.produced_at_ms - r.latency_ms, r) for r in recs_c]
-            steady = [r.latency_ms for t, r in sent if t < swap_ms[0]]
-            around = [r.latency_ms for t, r in sent if swap_ms[0] <= t < swap_ms[0] + 3000]
-            new_v = [t for t, r in sent if r.model_version != bundle.name]
-            s50, s99 = percentiles(steady)
-            a50, a99 = percentiles(around)
-            served = (min(new_v) - swap_ms[0]) if new_v else float("nan")
-            swap_lines = [
-                f"    swap at {args.swap_at:g} s: first event answered by the new version was "
-                f"sent {served:.0f} ms after the announcement",
-                f"    trigger->publish before the swap p50 {s50:.1f} p99 {s99:.1f} ms "
-                f"({len(steady)} events); in the 3 s from it p50 {a50:.1f} p99 {a99:.1f} ms "
-                f"({len(around)} events)",
-                f"RATIO p99 around the swap / p99 before it = {a99 / max(s99, 1e-9):.2f}",
+            recs_c = [
+                col.recommendations[e.event_id] for e in replay if e.event_id in col.recommendations
             ]
+            if len(recs_c) < m:
+                raise RuntimeError(f"latency phase: {len(recs_c)} of {m} recommendations")
+            lat = [r.latency_ms for r in recs_c]
+            m_total += m
+            if args.latency_csv:
+                rows = sorted((r.produced_at_ms - r.latency_ms, r.latency_ms) for r in recs_c)
+                csv = args.latency_csv
+                if len(args.load) > 1:  # one file per share: name-50.csv, ...
+                    csv = csv.with_name(f"{csv.stem}-{100 * share:.0f}{csv.suffix}")
+                csv.write_text(
+                    "send_ms,latency_ms\n" + "".join(f"{a:.1f},{b:.3f}\n" for a, b in rows)
+                )
+            p50, p99, p999 = percentiles(lat, (50, 99, 99.9))
+            swap_lines: list[str] = []
+            if swap_ms:
+                sent = [(r.produced_at_ms - r.latency_ms, r) for r in recs_c]
+                steady = [r.latency_ms for t, r in sent if t < swap_ms[0]]
+                around = [r.latency_ms for t, r in sent if swap_ms[0] <= t < swap_ms[0] + 3000]
+                new_v = [t for t, r in sent if r.model_version != bundle.name]
+                s50, s99 = percentiles(steady)
+                a50, a99 = percentiles(around)
+                served = (min(new_v) - swap_ms[0]) if new_v else float("nan")
+                swap_lines = [
+                    f"    swap at {args.swap_at:g} s: first event answered by the new version was "
+                    f"sent {served:.0f} ms after the announcement",
+                    f"    trigger->publish before the swap p50 {s50:.1f} p99 {s99:.1f} ms "
+                    f"({len(steady)} events); in the 3 s from it p50 {a50:.1f} p99 {a99:.1f} ms "
+                    f"({len(around)} events)",
+                    f"RATIO p99 around the swap / p99 before it = {a99 / max(s99, 1e-9):.2f}",
+                ]
+
+            phase_lines += [
+                "",
+                f"(c) fixed load {rate:.0f} events/s = {100 * share:.0f}% of (b), {m} events over "
+                f"{sent_s:.1f} s (achieved send rate {m / max(sent_s, 1e-9):.0f}/s)",
+                f"    trigger->publish latency_ms  p50 {p50:.1f}  p99 {p99:.1f}  p999 {p999:.1f}  "
+                f"max {max(lat):.1f}",
+                *describe_phase(before_c, after_c, wall_c),
+                *swap_lines,
+            ]
+        p50_b, p99_b = percentiles([r.latency_ms for r in recs_b])
 
         cfg = load_settings()  # what the worker reads from this environment, besides extra_env
+        budget_ms = (
+            args.latency_budget_ms if args.latency_budget_ms is not None else cfg.latency_budget_ms
+        )
         report = [
             "streamrec throughput benchmark (bench/throughput.py)",
             f"  machine      {machine()}",
@@ -520,9 +573,11 @@ def main() -> int:
             f"  command      {' '.join(sys.argv)}",
             f"  model        {bundle.name}; worker settings: batch_max {cfg.batch_max}, "
             f"batch_wait_ms {cfg.batch_wait_ms:g}, top_k {cfg.top_k}, candidates "
-            f"{cfg.candidates}, log level {args.log_level}; {USER_EVENTS.partitions} partitions",
+            f"{cfg.candidates}, latency_budget_ms {budget_ms:g}, log level {args.log_level}; "
+            f"{USER_EVENTS.partitions} partitions",
             f"  services     kafka {bootstrap}, redis {redis_url}, all on this machine",
-            f"  events       {n} pre-loaded (a, b) + {m} replayed (c), view events, {DATA_NOTE}",
+            f"  events       {n} pre-loaded (a, b) + {m_total} replayed (c), view events, "
+            f"{DATA_NOTE}",
             f"  pre-load     {n / preload_s:.0f} events/s (stream.replay.produce)",
             "",
             "(a) raw aiokafka passthrough (getmany -> send batch -> await acks; own process)",
@@ -541,13 +596,7 @@ def main() -> int:
             "",
             f"RATIO worker / passthrough = {worker_rate / pass_rate:.3f}  "
             f"(passthrough {pass_rate / worker_rate:.1f}x the worker's events/s)",
-            "",
-            f"(c) fixed load {rate:.0f} events/s = {100 * args.load:.0f}% of (b), "
-            f"{m} events over {sent_s:.1f} s (achieved send rate {m / max(sent_s, 1e-9):.0f}/s)",
-            f"    trigger->publish latency_ms  p50 {p50:.1f}  p99 {p99:.1f}  p999 {p999:.1f}  "
-            f"max {max(lat):.1f}",
-            *describe_phase(before_c, after_c, wall_c),
-            *swap_lines,
+            *phase_lines,
         ]
         print("\n".join(report), flush=True)
         return 0

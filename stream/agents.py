@@ -23,6 +23,7 @@ from faust.types import EventT
 
 from features.item_text_store import ItemTextStore, StoredItem
 from features.online_covisit import CovisitStore
+from features.result_cache import ResultCache
 from features.store import StateStoreError, UserStateStore
 from models.ab import ABSplit, HitTracker, ImpressionTracker
 from models.serving import ServingModel
@@ -83,10 +84,13 @@ class BatchHandler:
         online: CovisitStore | None = None,
         search: TextSearch | None = None,
         follow_model_half_life: bool = False,
+        result_cache: ResultCache | None = None,
     ) -> None:
         self.store = store
         self.online = online
         self.search = search
+        # Hot-result cache (stream/result_cache_policy.py); None: every list is computed.
+        self.result_cache = result_cache
         # Rebound by a hot swap (stream/model_updates.py); ``handle`` reads it once per batch.
         self.model = model
         self.follow_model_half_life = follow_model_half_life
@@ -253,6 +257,7 @@ class BatchHandler:
                     n_candidates=self.n_candidates,
                     online=self.online,
                     search=self.search,
+                    cache=self.result_cache,
                 )
                 break
             except StateStoreError as exc:
@@ -267,6 +272,8 @@ class BatchHandler:
                 return await self._one_by_one(triggers, sources, model)
         for stage, ms in result.stage_ms.items():
             self.metrics.stage_ms.labels(stage).observe(ms)
+        for outcome, n in result.cache_lookups.items():
+            self.metrics.result_cache_lookups.labels(outcome).inc(n)
         if result.unknown_items:
             self.metrics.unknown_items.inc(result.unknown_items)
         return result
@@ -285,6 +292,7 @@ class BatchHandler:
                     n_candidates=self.n_candidates,
                     online=self.online,
                     search=self.search,
+                    cache=self.result_cache,
                 )
             except StateStoreError:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 import faust
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from faust.types import EventT
 
 from features.item_text_store import RedisItemTextStore
 from features.online_covisit import RedisCovisitStore
+from features.result_cache import RedisResultCache
 from features.store import StateStoreError, UserStateStore
 from models.ab import ABSplit
 from models.bundle import ModelError, latest_bundle
@@ -25,6 +28,7 @@ from models.scoring import Device
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.agents import BatchHandler, CatalogueHandler, RawMessage
+from stream.batcher import IDLE, SIZE, BatchPolicy, CostModel, budget_batches, wall_ms
 from stream.guard import RollbackGuard
 from stream.metrics import WorkerMetrics
 from stream.model_updates import ModelSwapper
@@ -201,6 +205,10 @@ def create_app(
                 hits=settings.search_candidates,
                 cache=QueryCache(settings.search_query_cache),
             )
+        result_cache = None
+        if settings.result_cache_ttl_ms > 0:
+            ttl_ms = settings.result_cache_ttl_ms
+            result_cache = RedisResultCache(client, namespace=settings.namespace, ttl_ms=ttl_ms)
         events_handler = BatchHandler(
             store=store,
             online=online,
@@ -216,6 +224,7 @@ def create_app(
             k=settings.top_k,
             n_candidates=settings.candidates,
             follow_model_half_life=settings.half_life_s is None,
+            result_cache=result_cache,
         )
         events_handler.guard = guard
         events_handler.on_rollback = roll_back
@@ -235,13 +244,19 @@ def create_app(
             log.info("A/B: %s", ", ".join(served))
         return Handlers(events_handler, cat)
 
-    # take_events (not take) keeps each message's topic/partition/offset for dead letters;
-    # it exists on faust.Stream but not on the StreamT protocol.
+    # Events (not values) keep each message's topic/partition/offset for dead letters.
     @app.agent(events, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:
         h = (await handler()).events
+        if settings.latency_budget_ms > 0:
+            await recommend_within_budget(stream, h, settings, metrics)
+            return
+        # No budget: faust's take_events (not on the StreamT protocol), size or wait only.
         take = stream.take_events  # type: ignore[attr-defined]
         async for batch in take(settings.batch_max, settings.batch_wait_ms / 1000):
+            full = len(batch) >= settings.batch_max
+            metrics.batches_closed.labels(SIZE if full else IDLE).inc()
+            metrics.batch_wait_ms.observe(max(0.0, wall_ms() - min(map(_event_ms, batch))))
             await h.handle([RawMessage.from_event(e) for e in batch])
 
     @app.agent(catalogue, name="catalogue")
@@ -365,6 +380,44 @@ def create_app(
         )
 
     return app
+
+
+async def recommend_within_budget(
+    stream: faust.StreamT, h: BatchHandler, settings: Settings, metrics: WorkerMetrics
+) -> None:
+    """The recommend agent's loop under ``STREAMREC_LATENCY_BUDGET_MS`` (stream/batcher.py).
+
+    Acknowledgement as with faust's ``take_events``: the stream's own acks are off and each
+    event of a batch is acked after ``handle`` returned, i.e. after every output record of
+    the batch is on the broker; so offsets are committed only past handled events. One
+    difference, on purpose: an event whose batch raised (or was cancelled mid-batch) is not
+    acked, where ``take_events`` acks its buffer on the way out; it is read again after a
+    restart or rebalance (at-least-once)."""
+    policy = BatchPolicy(settings.batch_max, settings.batch_wait_ms, settings.latency_budget_ms)
+    cost = CostModel(span=settings.batch_max)
+    log.info(
+        "micro-batches: at most %d events, %g ms wait, latency budget %g ms",
+        settings.batch_max, settings.batch_wait_ms, settings.latency_budget_ms,
+    )  # fmt: skip
+    acks = stream.enable_acks
+    stream.enable_acks = False
+    try:  # aclosing: a cancelled agent stops the batcher's pump at once, not at GC
+        async with contextlib.aclosing(
+            budget_batches(stream.events(), _event_ms, policy, cost)
+        ) as batches:
+            async for batch in batches:
+                metrics.batches_closed.labels(batch.reason).inc()
+                metrics.batch_wait_ms.observe(batch.wait_ms)
+                await h.handle([RawMessage.from_event(e) for e in batch.items])
+                for event in batch.items:
+                    await stream.ack(event)
+    finally:
+        stream.enable_acks = acks
+
+
+def _event_ms(event: EventT) -> float:
+    """The record's Kafka timestamp (producer CreateTime) in ms; 0 when it has none."""
+    return float(event.message.timestamp or 0.0) * 1000
 
 
 def _same_dir(a: str | Path, b: Path) -> bool:

@@ -34,6 +34,21 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "streamrec_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r
         )
+        # The micro-batcher (stream/batcher.py): how old a batch's oldest event is when the
+        # batch closes, and what closed it (size, budget, idle).
+        self.batch_wait_ms = Histogram(
+            "streamrec_batch_wait_ms",
+            "Age of a micro-batch's oldest event (from its Kafka timestamp) when the batch "
+            "closes, ms",
+            buckets=MS_BUCKETS,
+            registry=r,
+        )
+        self.batches_closed = Counter(
+            "streamrec_batches_closed",
+            "Micro-batches of user events closed, by reason (size, budget, idle)",
+            ["reason"],
+            registry=r,
+        )
         self.stage_ms = Histogram(
             "streamrec_stage_latency_ms",
             "Per-stage latency of a micro-batch in ms (validate, state, online, encode, text, "
@@ -90,6 +105,15 @@ class WorkerMetrics:
             "streamrec_batch_errors",
             "Micro-batches that failed and were retried",
             ["stage"],
+            registry=r,
+        )
+        # Hot-result cache (STREAMREC_RESULT_CACHE_TTL_MS): hit rate = hit / (hit + miss);
+        # uncacheable rows (warm users, searches) are never looked up.
+        self.result_cache_lookups = Counter(
+            "streamrec_result_cache_lookups",
+            "Triggers by hot-result cache outcome: hit (list reused), miss (computed and "
+            "cached), uncacheable",
+            ["result"],
             registry=r,
         )
         self.model_info = Gauge(

@@ -9,11 +9,18 @@ With a ``TextSearch`` (the worker's item text index and text encoder), searches 
 items only the catalogue knows are ranked by text similarity too: one encoder call for the
 batch's query texts and one text-index search for all such rows (``text_rows``), whose hits
 join the candidates and are scored by ``search_scores``.
+
+With a ``ResultCache`` (the hot-result cache, stream/result_cache_policy.py), rows whose
+context repeats across users (cold users, a user's first item) reuse a list computed for the
+same inputs at most the TTL ago: one MGET alongside the online store's call, and those rows
+skip retrieval, scoring and ranking (``recommend_cached``); their state is updated all the
+same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,6 +31,13 @@ import numpy as np
 
 from features.keys import hashes_to_u64, id_hash
 from features.online_covisit import CovisitBatch, CovisitRead, CovisitStore
+from features.result_cache import (
+    ResultCache,
+    ResultCacheError,
+    decode_result,
+    encode_result,
+    result_key,
+)
 from features.store import StateStore, StateUpdate
 from features.user_state import UserState, decode_state
 from models.covisit import covisit_candidates, covisit_scores
@@ -31,6 +45,7 @@ from models.serving import BlendWeights, ServingModel
 from models.session_knn import knn_scores, sparse_lookup
 from models.text_index import ItemTextIndex
 from models.topk import top_k_excluding
+from stream.result_cache_policy import cacheable_rows, context_digests, context_salt
 from topics.events import ITEM_EVENTS, EventType, UserEvent
 from topics.recommendations import Recommendation
 
@@ -51,6 +66,8 @@ DEFAULT_TEXT_HITS = 100
 DEFAULT_QUERY_CACHE = 10_000
 _NO_ITEM = bytes(8)
 
+log = logging.getLogger("streamrec.worker")
+
 
 @dataclass(slots=True)
 class Trigger:
@@ -65,6 +82,8 @@ class BatchResult:
     recommendations: list[Recommendation]
     stage_ms: dict[str, float] = field(default_factory=dict)
     unknown_items: int = 0
+    # Rows by hot-result cache outcome ("hit", "miss", "uncacheable"); empty without a cache.
+    cache_lookups: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -252,6 +271,15 @@ class OnlineNeighbours:
     def lookup(self, candidates: np.ndarray) -> np.ndarray:
         return sparse_lookup(self.keys, self.values, self.span, candidates)
 
+    def subset(self, rows: np.ndarray) -> OnlineNeighbours:
+        """The answer for ``rows`` (int64[H], ascending) only, renumbered 0..H-1."""
+        owner = self.keys // self.span
+        pos = np.minimum(np.searchsorted(rows, owner), max(rows.size - 1, 0))
+        keep = rows[pos] == owner if rows.size else np.zeros(owner.size, dtype=bool)
+        keys = pos[keep] * self.span + self.keys[keep] % self.span  # still ascending
+        return OnlineNeighbours(self.candidates[rows], keys, self.values[keep], self.span,
+                                self.trending)  # fmt: skip
+
 
 @dataclass(slots=True)
 class Signals:
@@ -356,6 +384,12 @@ class TextRows:
     extra: list[str]
     extra_hashes: np.ndarray
     personal_weight: float
+
+    def subset(self, rows: np.ndarray) -> TextRows:
+        """The text rows of a batch cut to ``rows`` (int64[H], ascending, holding every text
+        row), renumbered 0..H-1."""
+        return TextRows(np.searchsorted(rows, self.rows), self.hits[rows], self.cos[rows],
+                        self.extra, self.extra_hashes, self.personal_weight)  # fmt: skip
 
 
 async def text_rows(
@@ -559,26 +593,124 @@ class ScoredBatch:
     text: TextRows | None = None
 
 
-async def score_batch(
+@dataclass(slots=True)
+class BatchInputs:
+    """A batch after its Redis round trips (state, online store) and text queries, before
+    retrieval and scoring: everything ``score_inputs`` needs, row by row, so that rows served
+    from the hot-result cache can be left out (``subset``) and skip FAISS and ONNX.
+
+    arrays:    the model inputs of the B rows (``build_arrays``)
+    live:      the online store's answer, or None without the store
+    text:      the rows ranked by text (``text_rows`` / ``token_rows``), or None
+    n_stored:  int64[B]                  recent item hashes stored in each state
+    queries:   uint64[B, ONLINE_DEPTH]   the online store's query hashes of each row (0 = none);
+               uint64[B, 0] without the store
+    stage_ms:  stages measured so far (state, online, encode, text)
+    arrays_ms: ``build_arrays``'s share of the "retrieval" stage
+    lookup:    the hot-result cache's keys and answers for the batch, or None without a cache
+    """
+
+    arrays: BatchArrays
+    live: OnlineNeighbours | None
+    text: TextRows | None
+    n_stored: np.ndarray
+    queries: np.ndarray
+    stage_ms: dict[str, float]
+    arrays_ms: float
+    unknown_items: int
+    lookup: CacheLookup | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.n_stored.shape[0])
+
+    def subset(self, rows: np.ndarray) -> BatchInputs:
+        """Only ``rows`` (int64[H], ascending), renumbered 0..H-1; every text row must be
+        among them (text rows are never served from the cache)."""
+        a = self.arrays
+        arrays = BatchArrays(a.recent[rows], a.user_vec[rows], a.last[rows],
+                             [a.seen[i] for i in rows.tolist()], a.session_len[rows])  # fmt: skip
+        live = self.live.subset(rows) if self.live is not None else None
+        text = self.text.subset(rows) if self.text is not None else None
+        return BatchInputs(arrays, live, text, self.n_stored[rows], self.queries[rows],
+                           dict(self.stage_ms), self.arrays_ms, self.unknown_items)  # fmt: skip
+
+
+@dataclass(slots=True)
+class CacheLookup:
+    """The hot-result cache's part of one batch (``recommend_cached``).
+
+    keys:  row -> key, for the rows the policy finds cacheable (text rows not yet excluded)
+    found: key -> (items, scores) of the keys the cache held
+    ms:    time spent on keys, the lookup (when it did not travel with the online store's
+           round trip) and decoding
+    """
+
+    keys: dict[int, str]
+    found: dict[str, tuple[list[str], list[float]]]
+    ms: float = 0.0
+
+
+def cache_keys(
+    arrays: BatchArrays,
+    n_stored: np.ndarray,
+    queries: np.ndarray,
+    *,
+    namespace: str,
+    version: str,
+    salt: bytes,
+) -> dict[int, str]:
+    """row -> cache key of every row the policy finds cacheable (stream/result_cache_policy.py):
+    namespace, model version and the digest of the row's inputs."""
+    rows = np.flatnonzero(cacheable_rows(arrays.recent, arrays.user_vec, n_stored, None))
+    digests = context_digests(rows, arrays.recent, arrays.user_vec, arrays.session_len, queries,
+                              salt)  # fmt: skip
+    return {int(r): result_key(namespace, version, d)
+            for r, d in zip(rows.tolist(), digests, strict=True)}  # fmt: skip
+
+
+async def fetch_cached(
+    cache: ResultCache, keys: dict[int, str]
+) -> dict[str, tuple[list[str], list[float]]]:
+    """One ``get_many`` for the distinct ``keys``; key -> (items, scores) of those found. A
+    failing cache is logged and answers nothing (see ``recommend_cached``)."""
+    distinct = list(dict.fromkeys(keys.values()))
+    if not distinct:
+        return {}
+    try:
+        values = await cache.get_many(distinct)
+    except ResultCacheError as exc:
+        log.warning("result cache lookup failed (%s); serving the batch without it", exc)
+        return {}
+    found: dict[str, tuple[list[str], list[float]]] = {}
+    for key, value in zip(distinct, values, strict=True):
+        hit = decode_result(value) if value is not None else None
+        if hit is not None:
+            found[key] = hit
+    return found
+
+
+async def prepare_batch(
     triggers: list[Trigger],
     store: StateStore,
     model: ServingModel,
     *,
-    k: int,
-    n_candidates: int,
     online: CovisitStore | None = None,
-    every_signal: bool = False,
     search: TextSearch | None = None,
-) -> ScoredBatch:
-    """Update state for every trigger, gather candidates from every source in use and
-    compute their signals: one Redis round trip for user state, one for the online
-    co-visitation store (when given; it learns from every batch whatever the blend), one
-    FAISS search, one ONNX call. Signals (and their candidate sources) whose blend weight is
-    0 are skipped unless ``every_signal``. With ``search``, the text rows' hits
-    (``text_rows``: one encoder call, one text-index search) are the last candidate columns;
-    catalogue-only hits are scored as padding by the bundle and re-scored in ``rank_batch``."""
+    cache: ResultCache | None = None,
+    cache_salt: bytes = b"",
+) -> BatchInputs:
+    """Update state for every trigger (one Redis round trip), apply and read the online
+    co-visitation store (one more, when given; it learns from every batch whatever the
+    blend), map states to model inputs and find the text rows (with ``search``: one encoder
+    call, one text-index search). Every row's state is updated here, whether its list is then
+    computed or taken from the hot-result cache.
+
+    With ``cache``, the cacheable rows' keys are looked up here (``inputs.lookup``), in one
+    ``get_many`` sent concurrently with the online store's call: the online script runs for
+    milliseconds in Redis, and the lookup's round trip hides behind it (what does not hide,
+    such as parsing the reply, counts in the "online" stage then)."""
     stage: dict[str, float] = {}
-    weights = model.blend
     events = [t.event for t in triggers]
     t0 = time.perf_counter()
     updates, unknown = state_updates(events, model)
@@ -587,27 +719,66 @@ async def score_batch(
     t1 = time.perf_counter()
     stage["state"] = (t1 - t0) * 1000
 
-    live: OnlineNeighbours | None = None
-    if online is not None:
-        read = await online.update_and_read(online_batch(events, states, model))
-        live = OnlineNeighbours.of(read, model, len(states))
-        t1b = time.perf_counter()
-        stage["online"] = (t1b - t1) * 1000
-        t1 = t1b
-
+    batch = online_batch(events, states, model) if online is not None else None
+    t2 = time.perf_counter()
     arrays = build_arrays(states, model)
+    n_stored = np.array([len(s.recent) for s in states], dtype=np.int64)
+    t3 = time.perf_counter()
+    arrays_ms = (t3 - t2) * 1000
+    queries = (
+        batch.queries.reshape(len(states), ONLINE_DEPTH)
+        if batch is not None
+        else np.zeros((len(states), 0), dtype=np.uint64)
+    )
+    lookup = None
+    if cache is not None:
+        keys = cache_keys(arrays, n_stored, queries, namespace=cache.namespace,
+                          version=model.version, salt=cache_salt)  # fmt: skip
+        lookup = CacheLookup(keys, {})
+    t4 = time.perf_counter()
+    live: OnlineNeighbours | None = None
+    if online is not None and batch is not None:
+        call = online.update_and_read(batch)
+        if cache is not None and lookup is not None and lookup.keys:
+            read, lookup.found = await asyncio.gather(call, fetch_cached(cache, lookup.keys))
+        else:
+            read = await call
+        live = OnlineNeighbours.of(read, model, len(states))
+        stage["online"] = ((t2 - t1) + (time.perf_counter() - t4)) * 1000
+    elif cache is not None and lookup is not None:
+        lookup.found = await fetch_cached(cache, lookup.keys)
+    if lookup is not None:
+        # The keys, plus the lookup itself unless it travelled with the online store's call.
+        alone = (time.perf_counter() - t4) * 1000 if online is None else 0.0
+        lookup.ms = (t4 - t3) * 1000 + alone
     text = None
     if search is not None:
-        t_text = time.perf_counter()
         text = await text_rows(events, states, model, search, stage)
         if text is not None:
             exclude_extra(text, states, arrays.seen, len(model.item_ids))
-        t1 += time.perf_counter() - t_text  # text_rows records "encode" and "text" itself
     if model.token_encoder is not None:
         t_tok = time.perf_counter()
         text = merge_rows(text, token_rows(events, model, search))
         stage["text"] = stage.get("text", 0.0) + (time.perf_counter() - t_tok) * 1000
-        t1 += time.perf_counter() - t_tok
+    return BatchInputs(arrays, live, text, n_stored, queries, stage, arrays_ms, unknown, lookup)
+
+
+def score_inputs(
+    inputs: BatchInputs,
+    model: ServingModel,
+    *,
+    k: int,
+    n_candidates: int,
+    every_signal: bool = False,
+) -> ScoredBatch:
+    """Gather candidates from every source in use and compute their signals: one FAISS
+    search, one ONNX call. Signals (and their candidate sources) whose blend weight is 0 are
+    skipped unless ``every_signal``. The text rows' hits are the last candidate columns;
+    catalogue-only hits are scored as padding by the bundle and re-scored in ``rank_batch``."""
+    stage = dict(inputs.stage_ms)
+    weights = model.blend
+    arrays, live, text = inputs.arrays, inputs.live, inputs.text
+    t1 = time.perf_counter()
     popular = None
     if live is not None and live.trending.size:
         popular = np.concatenate([live.trending, model.popular])
@@ -634,7 +805,7 @@ async def score_batch(
         cands if text is None or not text.extra else np.where(cands > len(model.item_ids), 0, cands)
     )
     t2 = time.perf_counter()
-    stage["retrieval"] = (t2 - t1) * 1000
+    stage["retrieval"] = inputs.arrays_ms + (t2 - t1) * 1000
 
     signals = Signals(model.scorer.score(arrays.recent, arrays.user_vec, known))
     if use_covisit:
@@ -648,7 +819,45 @@ async def score_batch(
     if use_online and live is not None:
         signals.online = live.lookup(known)
     stage["scoring"] = (time.perf_counter() - t2) * 1000
-    return ScoredBatch(arrays, cands, signals, stage, unknown, text)
+    return ScoredBatch(arrays, cands, signals, stage, inputs.unknown_items, text)
+
+
+async def score_batch(
+    triggers: list[Trigger],
+    store: StateStore,
+    model: ServingModel,
+    *,
+    k: int,
+    n_candidates: int,
+    online: CovisitStore | None = None,
+    every_signal: bool = False,
+    search: TextSearch | None = None,
+) -> ScoredBatch:
+    """Update state for every trigger, gather candidates from every source in use and
+    compute their signals (``prepare_batch`` then ``score_inputs``): one Redis round trip for
+    user state, one for the online co-visitation store (when given), one FAISS search, one
+    ONNX call."""
+    inputs = await prepare_batch(triggers, store, model, online=online, search=search)
+    return score_inputs(inputs, model, k=k, n_candidates=n_candidates, every_signal=every_signal)
+
+
+def make_recommendation(
+    t: Trigger, items: list[str], scores: list[float], version: str, now_ms: float
+) -> Recommendation:
+    """The Recommendation answering ``t`` with ``items`` (best first) and their ``scores``."""
+    e = t.event
+    return Recommendation(
+        user_id=e.user_id,
+        session_id=e.session_id,
+        event_id=e.event_id,
+        kind="search" if e.event_type is EventType.SEARCH else "recommend",
+        items=items,
+        scores=scores,
+        model_version=version,
+        produced_at_ms=int(now_ms),
+        trigger_timestamp_ms=e.timestamp_ms,
+        latency_ms=round(max(0.0, now_ms - t.sent_ms), 3),
+    )
 
 
 def rank_batch(
@@ -673,25 +882,16 @@ def rank_batch(
         np.round(scores, 5), scored.candidates, scored.arrays.seen, k
     )
     now_ms = clock() * 1000
-    recs: list[Recommendation] = []
-    for t, idx_row, score_row in zip(triggers, ranked_items, ranked_scores, strict=True):
-        e = t.event
-        recs.append(
-            Recommendation(
-                user_id=e.user_id,
-                session_id=e.session_id,
-                event_id=e.event_id,
-                kind="search" if e.event_type is EventType.SEARCH else "recommend",
-                items=[
-                    item_ids[i - 1] if i <= n_model else extra[i - n_model - 1] for i in idx_row
-                ],
-                scores=score_row,
-                model_version=model.version,
-                produced_at_ms=int(now_ms),
-                trigger_timestamp_ms=e.timestamp_ms,
-                latency_ms=round(max(0.0, now_ms - t.sent_ms), 3),
-            )
+    recs = [
+        make_recommendation(
+            t,
+            [item_ids[i - 1] if i <= n_model else extra[i - n_model - 1] for i in idx_row],
+            score_row,
+            model.version,
+            now_ms,
         )
+        for t, idx_row, score_row in zip(triggers, ranked_items, ranked_scores, strict=True)
+    ]
     stage = dict(scored.stage_ms)
     stage["rank"] = (time.perf_counter() - t3) * 1000
     return BatchResult(recs, stage, scored.unknown_items)
@@ -707,11 +907,95 @@ async def recommend_batch(
     online: CovisitStore | None = None,
     search: TextSearch | None = None,
     clock: Callable[[], float] = time.time,
+    cache: ResultCache | None = None,
 ) -> BatchResult:
-    """Update state for every trigger and return one Recommendation per trigger, in order."""
+    """Update state for every trigger and return one Recommendation per trigger, in order.
+    With ``cache`` (the hot-result cache), rows whose context repeats take their list from
+    it and skip retrieval and scoring (``recommend_cached``)."""
     if not triggers:
         return BatchResult([])
-    scored = await score_batch(
-        triggers, store, model, k=k, n_candidates=n_candidates, online=online, search=search
-    )
+    salt = context_salt(k=k, n_candidates=n_candidates, online=online is not None)
+    inputs = await prepare_batch(triggers, store, model, online=online, search=search,
+                                 cache=cache, cache_salt=salt)  # fmt: skip
+    if cache is not None:
+        return await recommend_cached(triggers, inputs, model, cache, k=k,
+                                      n_candidates=n_candidates, clock=clock)  # fmt: skip
+    scored = score_inputs(inputs, model, k=k, n_candidates=n_candidates)
     return rank_batch(triggers, scored, model, k=k, clock=clock)
+
+
+async def recommend_cached(
+    triggers: list[Trigger],
+    inputs: BatchInputs,
+    model: ServingModel,
+    cache: ResultCache,
+    *,
+    k: int,
+    n_candidates: int,
+    clock: Callable[[], float] = time.time,
+) -> BatchResult:
+    """The batch's lists with the hot-result cache (stream/result_cache_policy.py says what
+    is cacheable and why a hit is the list the pipeline would compute, up to the TTL's
+    staleness of online co-visitation and trending).
+
+    ``inputs.lookup`` holds the cacheable rows' keys and what one ``get_many`` (MGET) found
+    (``prepare_batch``). Retrieval, scoring and ranking run for the uncacheable rows and the
+    first row of each missed key only (a later row with the same key copies that list: same
+    inputs, same read of the online store); then one ``put_many`` (one EVAL of SET PX) fills
+    the computed keys. A cache that fails is logged and served around: user state is already
+    updated, so failing the batch would make the worker's retry apply its events twice.
+    ``cache_lookups`` counts rows: ``hit`` (reused, from the cache or an identical earlier
+    row), ``miss`` (computed and filled) and ``uncacheable`` (warm users, text rows)."""
+    b = inputs.rows
+    lookup = inputs.lookup if inputs.lookup is not None else CacheLookup({}, {})
+    key_of = dict(lookup.keys)
+    if inputs.text is not None:  # ranked by text: never from the cache
+        for r in inputs.text.rows.tolist():
+            key_of.pop(int(r), None)
+    cached = lookup.found
+    compute: list[int] = []
+    computed_by: dict[str, int] = {}  # missed key -> the row that computes it
+    counts = {"hit": 0, "miss": 0, "uncacheable": 0}
+    for i in range(b):
+        row_key = key_of.get(i)
+        if row_key is None:
+            counts["uncacheable"] += 1
+            compute.append(i)
+        elif row_key in cached or row_key in computed_by:
+            counts["hit"] += 1
+        else:
+            counts["miss"] += 1
+            computed_by[row_key] = i
+            compute.append(i)
+
+    recs: list[Recommendation | None] = [None] * b
+    stage = dict(inputs.stage_ms)
+    if compute:
+        part = inputs if len(compute) == b else inputs.subset(np.array(compute, dtype=np.int64))
+        scored = score_inputs(part, model, k=k, n_candidates=n_candidates)
+        ranked = rank_batch([triggers[i] for i in compute], scored, model, k=k, clock=clock)
+        stage = ranked.stage_ms
+        for i, rec in zip(compute, ranked.recommendations, strict=True):
+            recs[i] = rec
+    t1 = time.perf_counter()
+    now_ms = clock() * 1000
+    out: list[Recommendation] = []
+    for i, computed in enumerate(recs):
+        if computed is None:
+            key = key_of[i]
+            if key in cached:
+                items, scores = cached[key]
+            else:
+                source = recs[computed_by[key]]
+                assert source is not None
+                items, scores = source.items, source.scores
+            computed = make_recommendation(triggers[i], list(items), list(scores),
+                                           model.version, now_ms)  # fmt: skip
+        out.append(computed)
+    fills = [(key, encode_result(out[i].items, out[i].scores)) for key, i in computed_by.items()]
+    try:
+        await cache.put_many(fills)
+    except ResultCacheError as exc:
+        log.warning("result cache fill failed (%s); the batch is served regardless", exc)
+    stage["cache"] = lookup.ms + (time.perf_counter() - t1) * 1000
+    return BatchResult(out, stage, inputs.unknown_items, cache_lookups=counts)

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
 
     batch_max: int = Field(64, ge=1, le=10_000)
     batch_wait_ms: float = Field(5.0, gt=0, le=60_000)
+    # Trigger -> publish budget (stream/batcher.py): a batch also closes when waiting longer
+    # would make its oldest event (Kafka timestamp) miss it, given the batch's estimated
+    # processing time; batch_wait_ms stays the longest wait. 0 (default, off): size or
+    # batch_wait_ms only -- on the 2-core bench a 25 ms budget made p99 worse (smaller
+    # batches; bench/throughput.py --latency-budget-ms), so it is opt-in for now.
+    latency_budget_ms: float = Field(0.0, ge=0, le=60_000)
     top_k: int = Field(20, ge=1, le=1000)
     candidates: int = Field(100, ge=1, le=10_000)
 
@@ -78,6 +84,10 @@ class Settings(BaseSettings):
     # Hot swap (docs/architecture.md, "Model updates"): how often a worker checks CURRENT in
     # the model directory besides following the model-updates topic; 0 disables the check.
     model_poll_s: float = Field(5.0, ge=0, le=86_400)
+    # Hot-result cache (stream/result_cache_policy.py): lists of repeated contexts (cold
+    # users, first items) reused for this long; bounds their staleness. 0 (default): no
+    # cache -- on DIGINETICA-like traffic at ~1k events/s it saved nothing (bench/cache.py).
+    result_cache_ttl_ms: int = Field(0, ge=0, le=3_600_000)
 
     max_event_bytes: int = Field(16_384, ge=256)
     metrics_port: int = Field(9108, ge=0, le=65535)
