@@ -40,11 +40,8 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(VENV)/bin/mypy stream models features topics
 
-bench: install  ## benchmarks (bench/, ~7 min; Kafka on 29092, Redis on 26379): see docs/benchmarks.md
-	$(PY) bench/batching.py
-	$(PY) bench/throughput.py
-	$(PY) bench/encoder.py
-	$(PY) bench/search.py
+bench: install  ## every benchmark, then one summary table (bench/run_all.py, <15 min; Kafka 29092, Redis 26379): docs/benchmarks.md
+	$(PY) bench/run_all.py
 
 clean-services:  ## stop local Kafka and Redis started by the scripts
 	-deploy/local/kafka.sh stop

@@ -51,6 +51,7 @@ from _common import (
     percentiles,
     pid_from_file,
     session_views,
+    summary,
     synthesise,
 )
 
@@ -322,6 +323,9 @@ async def bench(args: argparse.Namespace, redis_url: str) -> list[str]:
         outside_on = on.per_event_ms - sum(on.stage_per_event(x) for x in STAGES)
         outside_off = off.per_event_ms - sum(off.stage_per_event(x) for x in STAGES)
         lines.append(f"  {'(outside the stages)':<40}{outside_on:9.4f}   {outside_off:9.4f}")
+        summary("cache", f"hit rate of cacheable events (TTL {args.ttl_ms} ms)", hit_rate)
+        summary("cache", "events served from the cache", hits / max(1, on.events))
+        summary("cache", "per-event cost off / on", ratio, "x")
         lines += [
             "",
             f"RATIO per-event cost off / on = {ratio:.2f}x "
@@ -381,8 +385,8 @@ def main() -> int:
     p.add_argument(
         "--ttl-ms",
         type=int,
-        default=load_settings().result_cache_ttl_ms,
-        help="cache TTL (default: STREAMREC_RESULT_CACHE_TTL_MS)",
+        default=load_settings().result_cache_ttl_ms or 2000,
+        help="cache TTL (default: STREAMREC_RESULT_CACHE_TTL_MS, or 2000 when that is 0 = off)",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 3000 events")
     p.add_argument("--redis-port", type=int, default=26379)

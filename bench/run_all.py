@@ -29,7 +29,10 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("compression.py", []),
     ("training_agent.py", []),
     ("memory.py", []),
-    ("throughput.py", []),
+    (
+        "throughput.py",
+        ["--load", "0.25,0.5,0.75", "--latency-seconds", "20", "--passthrough-runs", "3"],
+    ),
     ("scaleout.py", []),
     ("encoder.py", []),
     ("search.py", []),

@@ -61,6 +61,7 @@ from _common import (
     machine_busy_seconds,
     percentiles,
     pid_from_file,
+    summary,
     synthesise,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -533,6 +534,9 @@ def main() -> int:
                     "send_ms,latency_ms\n" + "".join(f"{a:.1f},{b:.3f}\n" for a, b in rows)
                 )
             p50, p99, p999 = percentiles(lat, (50, 99, 99.9))
+            for q, v in (("p50", p50), ("p99", p99), ("p999", p999)):
+                summary("throughput", f"trigger->publish {q} at {100 * share:.0f}% load", v, "ms",
+                        "<= 25 ms" if q == "p99" and share == 0.5 else "")  # fmt: skip
             swap_lines: list[str] = []
             if swap_ms:
                 sent = [(r.produced_at_ms - r.latency_ms, r) for r in recs_c]
@@ -561,6 +565,9 @@ def main() -> int:
                 *swap_lines,
             ]
         p50_b, p99_b = percentiles([r.latency_ms for r in recs_b])
+        summary("throughput", "aiokafka passthrough (median)", pass_rate, "events/s")
+        summary("throughput", "worker, max rate", worker_rate, "events/s")
+        summary("throughput", "worker / passthrough", worker_rate / pass_rate, "", ">= 0.50")
 
         cfg = load_settings()  # what the worker reads from this environment, besides extra_env
         budget_ms = (
