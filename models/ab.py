@@ -7,8 +7,9 @@ reshuffles everyone. ``ABSplit.parse("A=v1:0.9,B=v2:0.1")`` reads the configured
 
 **Online HR@K** (``HitTracker``): each user's most recent recommendation list is kept (a
 bounded LRU); when the user's next item event arrives, it is a hit if the item is in that
-list's top K. Counted per arm, so both arms are judged on the same kind of traffic at the same
-time. ``wilson`` gives the 95% confidence interval of a hit rate.
+list's top K, and its reciprocal rank (1/rank of the item in the list, 0 when absent) adds to
+the arm's MRR@K. Counted per arm, so both arms are judged on the same kind of traffic at the
+same time. ``wilson`` gives the 95% confidence interval of a hit rate.
 """
 
 from __future__ import annotations
@@ -92,10 +93,33 @@ class ArmStats:
     shown: int = 0  # recommendation lists published
     judged: int = 0  # lists followed by the user's next item event
     hits: int = 0  # ... whose item was in the list's top K
+    rr: float = 0.0  # sum of the reciprocal ranks of those items (MRR@K = rr / judged)
 
     @property
     def hit_rate(self) -> float:
         return self.hits / self.judged if self.judged else 0.0
+
+    @property
+    def mrr(self) -> float:
+        return self.rr / self.judged if self.judged else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """One judged list: its arm (label) and the 1-based rank of the user's next item in its
+    top K, None when the item was not in it (a miss)."""
+
+    arm: str
+    rank: int | None
+
+    @property
+    def hit(self) -> bool:
+        return self.rank is not None
+
+    @property
+    def rr(self) -> float:
+        """Reciprocal rank: 1/rank, 0 for a miss."""
+        return 1.0 / self.rank if self.rank is not None else 0.0
 
 
 @dataclass(slots=True)
@@ -105,7 +129,8 @@ class HitTracker:
     k: int = 20
     capacity: int = 200_000
     stats: dict[str, ArmStats] = field(default_factory=dict)
-    _last: OrderedDict[str, tuple[str, frozenset[str]]] = field(default_factory=OrderedDict)
+    # user -> (arm, {item: 1-based rank} of the list's top K): the rank of a hit is one lookup.
+    _last: OrderedDict[str, tuple[str, dict[str, int]]] = field(default_factory=OrderedDict)
 
     def observe(self, user_id: str, item_id: str | None, arm: str, items: Sequence[str]) -> None:
         """One answered event, in stream order: its item (if any) judges the user's pending
@@ -117,25 +142,35 @@ class HitTracker:
     def recommended(self, user_id: str, arm: str, items: Sequence[str]) -> None:
         """Remember ``user_id``'s newest list (replacing an unjudged older one)."""
         self.stats.setdefault(arm, ArmStats()).shown += 1
-        self._last[user_id] = (arm, frozenset(items[: self.k]))
+        ranks: dict[str, int] = {}
+        for rank, item in enumerate(items[: self.k], 1):
+            ranks.setdefault(item, rank)  # a repeated item keeps its best rank
+        self._last[user_id] = (arm, ranks)
         self._last.move_to_end(user_id)
         while len(self._last) > self.capacity:
             self._last.popitem(last=False)
 
     def interacted(self, events: Iterable[tuple[str, str]]) -> list[tuple[str, bool]]:
         """Judge each ``(user_id, item_id)`` against the user's pending list; returns the
-        ``(arm, hit)`` outcomes (users without a pending list are skipped)."""
+        ``(arm, hit)`` outcomes (users without a pending list are skipped). ``judge`` also
+        gives the rank of each hit."""
+        return [(j.arm, j.hit) for j in self.judge(events)]
+
+    def judge(self, events: Iterable[tuple[str, str]]) -> list[Judgement]:
+        """Judge each ``(user_id, item_id)`` against the user's pending list, in order; one
+        ``Judgement`` (arm, rank of the item or None) per user that had a pending list."""
         out = []
         for user, item in events:
             pending = self._last.pop(user, None)
             if pending is None:
                 continue
-            arm, items = pending
+            arm, ranks = pending
+            j = Judgement(arm, ranks.get(item))
             s = self.stats.setdefault(arm, ArmStats())
             s.judged += 1
-            hit = item in items
-            s.hits += hit
-            out.append((arm, hit))
+            s.hits += j.hit
+            s.rr += j.rr
+            out.append(j)
         return out
 
 
@@ -171,4 +206,4 @@ class ImpressionTracker:
         return pending[0]
 
 
-__all__ = ["ABSplit", "Arm", "ArmStats", "HitTracker", "ImpressionTracker", "wilson"]
+__all__ = ["ABSplit", "Arm", "ArmStats", "HitTracker", "ImpressionTracker", "Judgement", "wilson"]

@@ -108,6 +108,7 @@ class BatchHandler:
         # Guarded updates (stream/guard.py): set by the app with the callback that rolls back.
         self.guard: RollbackGuard | None = None
         self.on_rollback: Callable[[str, str, float, float], None] | None = None
+        self.batches = 0  # micro-batches handled: the batch id of the per-batch debug log
 
     async def handle(self, batch: Sequence[RawMessage]) -> None:
         # One model for the whole batch: a hot swap rebinds ``self.model`` while this batch
@@ -134,6 +135,8 @@ class BatchHandler:
             triggers.append(Trigger(event, msg.timestamp_ms))
             sources.append(msg)
         m.stage_ms.labels("validate").observe((time.perf_counter() - t0) * 1000)
+        self.batches += 1
+        result: BatchResult | None = None
 
         if triggers:
             if self.ab is None:
@@ -160,6 +163,37 @@ class BatchHandler:
         # output record of it is on the broker.
         if pending:
             await asyncio.gather(*pending)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_batch(len(batch), len(triggers), result, model, t0)
+
+    def _log_batch(
+        self,
+        size: int,
+        triggers: int,
+        result: BatchResult | None,
+        model: ServingModel,
+        t0: float,
+    ) -> None:
+        """One DEBUG line per micro-batch, its numbers as fields (``STREAMREC_LOG_FORMAT=json``
+        makes them queryable): which batch, how big, which version(s), where the time went."""
+        total_ms = (time.perf_counter() - t0) * 1000
+        stages = {k: round(v, 3) for k, v in (result.stage_ms if result else {}).items()}
+        if self.ab is None:
+            version = str(model.version)
+        else:
+            version = ",".join(f"{a}={m.version}" for a, m in self.ab[1].items())
+        log.debug(
+            "batch %d: %d events, %d triggers, model %s, %.2f ms",
+            self.batches, size, triggers, version, total_ms,
+            extra={
+                "batch_id": self.batches,
+                "batch_size": size,
+                "triggers": triggers,
+                "model_version": version,
+                "total_ms": round(total_ms, 3),
+                "stage_ms": stages,
+            },
+        )  # fmt: skip
 
     async def _recommend_arms(
         self, triggers: list[Trigger], sources: list[RawMessage]
@@ -189,8 +223,8 @@ class BatchHandler:
         return out
 
     def _track(self, triggers: list[Trigger], recs: list[Recommendation]) -> None:
-        """Live HR@K per model version and arm: each trigger's item judges the user's
-        previous list (in stream order), then its own list becomes the pending one."""
+        """Live HR@K and MRR@K per model version and arm: each trigger's item judges the
+        user's previous list (in stream order), then its own list becomes the pending one."""
         by_event = {r.event_id: r for r in recs}
         for t in triggers:
             e = t.event
@@ -198,13 +232,16 @@ class BatchHandler:
             if rec is None:
                 continue
             seen = [(e.user_id, e.item_id)] if e.item_id is not None else []
-            for label, hit in self.tracker.interacted(seen):
-                version, arm = label.split("\t", 1)
+            for j in self.tracker.judge(seen):
+                version, arm = j.arm.split("\t", 1)
                 self.metrics.online_judged.labels(version, arm).inc()
-                if hit:
+                # rr also on a miss (+0): its series exists as soon as judged's does, so the
+                # MRR ratio reads 0 rather than no data.
+                self.metrics.online_rr.labels(version, arm).inc(j.rr)
+                if j.hit:
                     self.metrics.online_hits.labels(version, arm).inc()
                 if self.guard is not None:
-                    self.guard.record(version, hit)
+                    self.guard.record(version, j.hit)
             self.tracker.recommended(e.user_id, f"{rec.model_version}\t{rec.arm or ''}", rec.items)
         if self.guard is not None and self.on_rollback is not None:
             verdict = self.guard.check()

@@ -30,6 +30,7 @@ from models.text_index import ItemTextIndex
 from stream.agents import BatchHandler, CatalogueHandler, RawMessage
 from stream.batcher import IDLE, SIZE, BatchPolicy, CostModel, budget_batches, wall_ms
 from stream.guard import RollbackGuard
+from stream.health import CHECK_INTERVAL_S, Health, bundle_age_s, kafka_reachable, partition_lags
 from stream.metrics import WorkerMetrics
 from stream.model_updates import ModelSwapper
 from stream.pipeline import QueryCache, TextSearch
@@ -72,13 +73,16 @@ def create_app(
     model: ServingModel,
     metrics: WorkerMetrics,
     encoder: TextEncoder | None = None,
+    health: Health | None = None,
 ) -> faust.App:
     """A faust App with two agents: user-events in micro-batches -> recommendations, and
     item-catalogue in micro-batches -> the item text index (and Redis); plus a timer that
     indexes catalogue items other workers consumed; plus the hot swap of the served model
     (``follow_model_updates`` on ``model-updates``, and a check of ``CURRENT`` every
-    ``STREAMREC_MODEL_POLL_S``). ``encoder`` None loads the configured one
-    (``load_text_encoder``)."""
+    ``STREAMREC_MODEL_POLL_S``); plus the health timer (``/live``, ``/ready``, consumer lag,
+    model age: stream/health.py). ``encoder`` None loads the configured one
+    (``load_text_encoder``); ``health`` None: the app keeps its own (the worker passes the one
+    its HTTP server reads)."""
     if encoder is None:
         encoder = load_text_encoder(settings)
     index = ItemTextIndex(encoder.dim, encoder.name) if encoder is not None else None
@@ -123,10 +127,14 @@ def create_app(
         else None
     )
 
+    if health is None:
+        health = Health(metrics.ready)
+
     def swapped(old: ServingModel, new: ServingModel, ms: float) -> None:
         """The new model serves from the next micro-batch on (see ``BatchHandler.handle``)."""
         metrics.model_info.labels(old.version, old.scorer.provider).set(0)
         metrics.model_info.labels(new.version, new.scorer.provider).set(1)
+        metrics.model_last_swap_ms.set(ms)
         if guard is not None:
             guard.swapped(old.version, new.version)
         if "h" in handler_box:
@@ -137,6 +145,8 @@ def create_app(
         log.warning(
             "rolling back %s -> %s: live HR@K %.4f < %.4f - %.3f", bad, good, rate, base,
             settings.guard_margin,
+            extra={"from_version": bad, "to_version": good, "hit_rate": rate,
+                   "baseline_hit_rate": base, "margin": settings.guard_margin},
         )  # fmt: skip
         metrics.model_rollbacks.labels(bad, good).inc()
         swapper.refused.add(bad)
@@ -303,16 +313,23 @@ def create_app(
         if ab is None or arm not in ab[1]:
             log.info("model update for arm %s, which this worker does not serve; ignored", arm)
             return
+        t0 = time.perf_counter()
         try:
             model = await asyncio.to_thread(
                 ServingModel.load, path, device=cast(Device, settings.device)
             )
         except Exception as exc:  # a bad bundle must not stop the worker
             swapper.failures.labels("arm_load_error").inc()
-            log.error("arm %s: bundle %s refused (%s)", arm, path, exc)
+            log.error("arm %s: bundle %s refused (%s)", arm, path, exc,
+                      extra={"arm": arm, "model_version": path.name})  # fmt: skip
             return
+        old = ab[1][arm].version
         ab[1][arm] = model
-        log.info("arm %s serves %s", arm, model.version)
+        ms = (time.perf_counter() - t0) * 1000
+        metrics.model_last_swap_ms.set(ms)
+        log.info("arm %s serves %s (was %s) after %.0f ms", arm, model.version, old, ms,
+                 extra={"arm": arm, "model_version": model.version, "previous_version": old,
+                        "swap_ms": round(ms, 1)})  # fmt: skip
 
     @app.task
     async def follow_model_updates() -> None:
@@ -366,6 +383,41 @@ def create_app(
                 return
             log.info("CURRENT names %s (serving %s)", path.name, swapper.version)
             await swapper.load(path)
+
+    redis_probe = aioredis.from_url(
+        settings.redis_url, socket_timeout=CHECK_INTERVAL_S, socket_connect_timeout=CHECK_INTERVAL_S
+    )
+    events_topic = events.get_topic_name()
+    lagging: set[int] = set()  # partitions with a lag series, removed when revoked
+
+    @app.timer(interval=CHECK_INTERVAL_S)
+    async def check_health() -> None:
+        """Feeds ``/live`` and ``/ready`` (stream/health.py) and refreshes the gauges read
+        from state the worker holds anyway: consumer lag (known highwater - committed offset,
+        no request to Kafka) and the served bundle's age."""
+        health.beat()
+        try:
+            await asyncio.wait_for(redis_probe.ping(), CHECK_INTERVAL_S)
+            health.redis_answered()
+        except Exception as exc:  # unreachable, timeout, auth: readiness says so
+            log.debug("redis PING failed: %r", exc)
+        health.kafka = kafka_reachable(app)
+        h = handler_box.get("h")
+        health.model = h is not None and h.events.model is not None
+        lags = dict(partition_lags(app, events_topic))
+        for partition in lagging - set(lags):
+            with contextlib.suppress(KeyError):
+                metrics.consumer_lag.remove(events_topic, str(partition))
+        for partition, lag in lags.items():
+            metrics.consumer_lag.labels(events_topic, str(partition)).set(lag)
+        lagging.clear()
+        lagging.update(lags)
+        served = list(h.events.ab[1].values()) if h is not None and h.events.ab else []
+        ages = [bundle_age_s(m.bundle.metadata) for m in served or [swapper.current]]
+        known = [a for a in ages if a is not None]
+        if known:
+            metrics.model_age_seconds.set(max(known))
+        health.evaluate()
 
     @app.task
     async def announce() -> None:

@@ -18,15 +18,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
+    from stream.logs import setup_logging
     from stream.train_agent import run_agent
 
     settings = load_settings(**({"model_dir": Path(args.model_dir)} if args.model_dir else {}))
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)  # STREAMREC_LOG_FORMAT, as the worker
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -6,7 +6,12 @@ seconds-based default buckets would put every observation in the first two bucke
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from stream.health import Health, HealthServer
 
 MS_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 35, 50, 75, 100, 150, 250, 500, 1000,
               2500, 5000)  # fmt: skip
@@ -79,6 +84,14 @@ class WorkerMetrics:
             ["version", "arm"],
             registry=r,
         )
+        # MRR@K of a version = rate(rr) / rate(judged): a miss adds 0, a hit at rank r 1/r.
+        self.online_rr = Counter(
+            "streamrec_online_rr",
+            "Sum of the reciprocal ranks of the next item in judged lists (0 for a miss), by "
+            "model version and A/B arm",
+            ["version", "arm"],
+            registry=r,
+        )
         # Online CTR where impressions exist (models/ab.py ImpressionTracker): an impression
         # is clicked when the user next interacts with one of its items before their next
         # impression. CTR of a version/arm = rate(clicks) / rate(impressions).
@@ -122,8 +135,38 @@ class WorkerMetrics:
             ["version", "provider"],
             registry=r,
         )
+        # Operations (stream/health.py): refreshed by the app's health timer every few
+        # seconds from state the worker already holds (no Kafka round trip per event).
+        self.consumer_lag = Gauge(
+            "streamrec_consumer_lag",
+            "Messages behind the log end, per assigned partition of the user-events topic "
+            "(log-end offset - committed offset)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_age_seconds = Gauge(
+            "streamrec_model_age_seconds",
+            "Seconds since the served bundle was created (its metadata created_at; the oldest "
+            "of the A/B arms' bundles)",
+            registry=r,
+        )
+        self.model_last_swap_ms = Gauge(
+            "streamrec_model_last_swap_ms",
+            "Duration of the last hot swap of the served model (load, verify, warm up), ms",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "streamrec_ready",
+            "1 while the worker is ready (model loaded, Kafka and Redis reachable; GET /ready "
+            "answers 200), else 0",
+            registry=r,
+        )
 
-    def serve(self, port: int) -> None:
-        """Expose ``/metrics`` over HTTP on ``port`` (0 disables)."""
-        if port:
-            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    def serve(self, port: int, health: Health | None = None) -> HealthServer | None:
+        """Expose ``/metrics`` (and, with ``health``, ``/live`` and ``/ready``) over HTTP on
+        ``port`` in a daemon thread (0 disables); returns the server, to stop it in tests."""
+        if not port:
+            return None
+        from stream.health import Health, serve_http
+
+        return serve_http(port, self.registry, health or Health(self.ready))

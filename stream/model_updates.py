@@ -120,7 +120,11 @@ class ModelSwapper:
             self.refused.discard(version_path.name)
             old, self.current = self.current, new
             ms = (time.perf_counter() - t0) * 1000
-            log.info("serving model %s (was %s) after %.0f ms", new.version, old.version, ms)
+            log.info(
+                "serving model %s (was %s) after %.0f ms", new.version, old.version, ms,
+                extra={"model_version": str(new.version), "previous_version": str(old.version),
+                       "swap_ms": round(ms, 1)},
+            )  # fmt: skip
             if self._on_swap is not None:
                 self._on_swap(old, new, ms)
             del old  # the swapper holds no reference to the previous model
@@ -130,6 +134,7 @@ class ModelSwapper:
         self.refused.add(path.name)
         self.failures.labels(reason).inc()
         log.error(
-            "model bundle %s refused (%s: %s); still serving %s", path, reason, exc, self.version
-        )
+            "model bundle %s refused (%s: %s); still serving %s", path, reason, exc, self.version,
+            extra={"model_version": self.version, "refused_version": path.name, "reason": reason},
+        )  # fmt: skip
         return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".cache" / "streamrec"
@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
 
-    topic_prefix: str = ""
+    # Kafka topic names allow letters, digits, . _ - only: a bad prefix fails here, not at the
+    # first topic creation.
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
     namespace: str = Field("prod", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     group_id: str = "streamrec-worker"
     model_dir: Path = DEFAULT_HOME / "models"
@@ -93,12 +95,68 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # text: one human line per record; json: one JSON object per line (stream/logs.py).
+    log_format: str = Field("text", pattern=r"^(text|json)$")
     auto_offset_reset: str = Field("earliest", pattern=r"^(earliest|latest)$")
 
     @field_validator("model_dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        """redis-py accepts only these schemes; checked here so the worker does not start,
+        report itself live and fail at its first batch."""
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_list(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",")]
+        if not all(hosts) or any(":" in h and not h.rsplit(":", 1)[1].isdigit() for h in hosts):
+            raise ValueError("expected host[:port] entries separated by commas")
+        return value
+
+    @field_validator("ab_arms")
+    @classmethod
+    def _ab_arms_parse(cls, value: str) -> str:
+        """The A/B spec is parsed when the serving agent starts; parse it now so that a typo
+        stops start-up naming the setting instead of crashing the agent later."""
+        if value.strip():
+            from models.ab import ABSplit
+
+            ABSplit.parse(value)  # ValueError says which arm is malformed
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Problems of several settings together; each message names them (``ConfigError``
+        prints a message whose location is the whole model as is)."""
+        problems = []
+        if self.train_arm:
+            arms = set()
+            if self.ab_arms.strip():
+                from models.ab import ABSplit
+
+                arms = {a.name for a in ABSplit.parse(self.ab_arms).arms}
+            if self.train_arm not in arms:
+                problems.append(
+                    f"STREAMREC_TRAIN_ARM: {self.train_arm!r} is not an arm of "
+                    f"STREAMREC_AB_ARMS ({', '.join(sorted(arms)) or 'empty'})"
+                )
+        if self.guard_margin >= 0 and self.guard_min_judged > self.guard_window:
+            problems.append(
+                f"STREAMREC_GUARD_MIN_JUDGED: {self.guard_min_judged} outcomes can never fit "
+                f"the STREAMREC_GUARD_WINDOW of {self.guard_window} (the guard would never "
+                "decide); lower it or raise the window"
+            )
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
 
 
 class ConfigError(SystemExit):
@@ -112,6 +170,9 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
+            if not name:  # a model validator: its message names the settings itself
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             env = (
                 name.upper()
                 if name.upper() in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}

@@ -29,13 +29,7 @@ RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 # Metrics that the dashboard and the alerts use before the application exposes them (the
 # operations issue): name -> (type, label names). Remove a name from here once stream/ creates
 # it; test_planned_metrics_are_not_yet_in_the_code fails as a reminder.
-PLANNED: dict[str, tuple[str, tuple[str, ...]]] = {
-    "streamrec_consumer_lag": ("gauge", ("topic", "partition")),
-    "streamrec_model_age_seconds": ("gauge", ()),
-    "streamrec_model_last_swap_ms": ("gauge", ()),
-    "streamrec_ready": ("gauge", ()),
-    "streamrec_online_rr": ("counter", ("version", "arm")),
-}
+PLANNED: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 # prometheus_client: the series each metric type is exposed as.
 SUFFIXES = {
