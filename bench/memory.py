@@ -625,7 +625,7 @@ def report(
         if "fresh" in s:
             summary("memory", f"{tag}: search 64 queries p99",
                     percentiles(s["fresh"]["search_ms"])[1], "ms")  # fmt: skip
-        if "second" in s and "second_copy" in s:
+        if "rollup" in s.get("second", {}) and "rollup" in s.get("second_copy", {}):
             summary("memory", f"{tag}: 2nd worker private MiB, mmap",
                     _private(s["second"]) / 1024, "MiB")  # fmt: skip
     summary("memory", "ServingModel.load of the bench bundle", bundle_load["ms"]["total"], "ms")
