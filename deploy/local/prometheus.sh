@@ -25,6 +25,8 @@
 #   STREAMREC_HOME             where bin/prometheus and the run folder go (default ~/.cache/streamrec)
 #   STREAMREC_PROMETHEUS_PORT  port when --port is not given             (default 29090)
 set -euo pipefail
+# shellcheck source=deploy/local/prometheus-deb.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prometheus-deb.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 rules="$(cd "$here/../prometheus" && pwd)/alerts.yml"
@@ -39,24 +41,8 @@ found() {
 }
 
 from_deb() {
-  command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || return 1
-  local tmp; tmp="$(mktemp -d)"
-  # shellcheck disable=SC2064
-  trap "rm -rf '$tmp'" RETURN
-  if ! (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1); then
-    # No package lists yet: refresh them (root, or sudo), then try once more.
-    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -q >/dev/null 2>&1 || return 1
-    (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1) || return 1
-  fi
-  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root" || return 1
-  [ -x "$tmp/root/usr/bin/prometheus" ] || return 1
-  mkdir -p "$bin"
-  install -m 0755 "$tmp/root/usr/bin/prometheus" "$bin/prometheus"
-  # promtool comes with it; promtool.sh would take it from the same package.
-  if [ ! -x "$bin/promtool" ] && [ -x "$tmp/root/usr/bin/promtool" ]; then
-    install -m 0755 "$tmp/root/usr/bin/promtool" "$bin/promtool"
-  fi
+  # promtool comes with it, unless one is already there.
+  if [ -x "$bin/promtool" ]; then deb_extract "$bin" prometheus; else deb_extract "$bin" prometheus promtool; fi
 }
 
 install_prometheus() {

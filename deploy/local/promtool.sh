@@ -16,6 +16,8 @@
 #                       the version of the compose file's prom/prometheus image)
 #   PROMTOOL_SOURCE     auto (Debian package, else go), deb or go  (default auto)
 set -euo pipefail
+# shellcheck source=deploy/local/prometheus-deb.sh
+source "$(dirname "${BASH_SOURCE[0]}")/prometheus-deb.sh"
 
 home="${STREAMREC_HOME:-$HOME/.cache/streamrec}"
 bin="$home/bin"
@@ -29,20 +31,7 @@ found() {
 }
 
 from_deb() {
-  command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || return 1
-  local tmp; tmp="$(mktemp -d)"
-  # shellcheck disable=SC2064
-  trap "rm -rf '$tmp'" RETURN
-  if ! (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1); then
-    # No package lists yet: refresh them (root, or sudo), then try once more.
-    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -q >/dev/null 2>&1 || return 1
-    (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1) || return 1
-  fi
-  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root" || return 1
-  [ -x "$tmp/root/usr/bin/promtool" ] || return 1
-  mkdir -p "$bin"
-  install -m 0755 "$tmp/root/usr/bin/promtool" "$bin/promtool"
+  deb_extract "$bin" promtool
 }
 
 from_go() {
