@@ -107,7 +107,7 @@ def child_index(spec: dict[str, Any]) -> dict[str, Any]:
     retriever = Retriever.load(spec["index"], threads=1, mmap=spec["mmap"])
     load_ms = (time.perf_counter() - t0) * 1000
     after_load = rss()
-    queries = np.load(spec["queries"])
+    queries = np.load(spec["queries"], allow_pickle=False)
     batches = [queries[i : i + BATCH] for i in range(0, len(queries) - BATCH + 1, BATCH)]
     for q in batches[:2]:  # warm-up: first touch of the pages and FAISS's buffers
         retriever.search(q, K)

@@ -4,6 +4,21 @@ Each event becomes one ``EVALSHA`` of ``UPDATE_LUA`` (the rule of ``user_state.a
 run inside Redis) that returns the updated state, so read + update of B events is a single
 pipeline: no read-modify-write race between workers and no second round trip. Events of the
 same user in one batch are applied in order, because Redis runs a pipeline in order.
+
+Updates are idempotent per event: the script keeps the hashes of each user's last
+``replay_window`` applied events in a sibling key (``features.keys.applied_key``, same TTL,
+same cluster slot, written in the same script call) and leaves the state alone for an event
+whose hash is among them, answering it with the current state and a replay flag. Why
+``REPLAY_WINDOW`` = 256 suffices: a redelivery (worker killed before committing offsets,
+rebalance, a batch retried after a Redis error) replays at most the uncommitted tail of a
+partition, which is what the worker consumed since its last offset commit: faust commits
+every ``broker_commit_interval`` (2.8 s) and the worker acknowledges a batch only after its
+outputs are on the broker, so the tail is a few seconds of traffic plus the batches in flight
+(``stream_buffer_maxsize``). One user's events in such a tail are the few a person produces
+in seconds; and the traffic-anomaly guard (``STREAMREC_ANOMALY_USER_EVENTS_PER_MIN``, default
+120) keeps a user above its bound out of state updates altogether, so 256 covers more than two
+minutes of a user at that bound, against a tail of seconds. A replayed event older than its
+user's last 256 applied events would be applied again.
 """
 
 from __future__ import annotations
@@ -15,13 +30,30 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from features.keys import user_key
+from features.keys import applied_key, user_key
 
-# KEYS[1] user key
+REPLAY_WINDOW = 256  # applied event hashes kept per user (see the module docstring)
+
+# KEYS[1] user key, KEYS[2] the user's applied-events key
 # ARGV: now_ms, session_hash(8 bytes), item_hash(8 bytes or ""), weight,
-#       embedding(float32 LE bytes or ""), half_life_ms, ttl_ms, max_recent, space_id
+#       embedding(float32 LE bytes or ""), half_life_ms, ttl_ms, max_recent, space_id,
+#       event_hash(8 bytes, or "": no replay check), replay_window
+# Reply: {state after the event, 1 if the event was already applied (state unchanged) else 0}
 UPDATE_LUA = r"""
 local HDR = '<BBBBHHdc8I4I4'
+local event = ARGV[10]
+local applied = ''
+if #event == 8 then
+  applied = redis.call('GET', KEYS[2]) or ''
+  if #applied % 8 ~= 0 then applied = '' end
+  local init = 1
+  while true do  -- a match must start a hash (offset multiple of 8)
+    local p = string.find(applied, event, init, true)
+    if not p then break end
+    if (p - 1) % 8 == 0 then return {redis.call('GET', KEYS[1]) or '', 1} end
+    init = p + 1
+  end
+end
 local blob = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[1])
 local session = ARGV[2]
@@ -83,7 +115,12 @@ end
 for i = 1, #recent do parts[#parts + 1] = recent[i] end
 local out = table.concat(parts)
 redis.call('SET', KEYS[1], out, 'PX', ttl)
-return out
+if #event == 8 then
+  -- newest first, at most replay_window hashes
+  local window = tonumber(ARGV[11])
+  redis.call('SET', KEYS[2], event .. string.sub(applied, 1, 8 * (window - 1)), 'PX', ttl)
+end
+return {out, 0}
 """
 
 UPDATE_SHA = hashlib.sha1(UPDATE_LUA.encode()).hexdigest()
@@ -103,13 +140,30 @@ class StateUpdate:
     item_hash: bytes | None
     weight: float
     embedding: bytes  # float32[D] little-endian, or b"" when the item is unknown
+    # features.keys.id_hash(event_id); b"": no replay check (applied every time)
+    event_hash: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``apply`` returns for B updates: ``states[i]`` is the state after update i (the
+    current state, unchanged, when it was a replay), ``replayed[i]`` whether update i's event
+    had already been applied."""
+
+    states: list[bytes]
+    replayed: list[bool]
+
+    @property
+    def n_replayed(self) -> int:
+        return sum(self.replayed)
 
 
 class StateStore(Protocol):
-    """What the pipeline needs from a state store: apply a batch of updates in order and
-    return each event's state after its update (Redis here, in-process for offline runs)."""
+    """What the pipeline needs from a state store: apply a batch of updates in order, each
+    event at most once, and return each event's state after its update (Redis here,
+    in-process for offline runs)."""
 
-    async def apply_batch(self, updates: list[StateUpdate]) -> list[bytes]: ...
+    async def apply(self, updates: list[StateUpdate]) -> Applied: ...
 
 
 class UserStateStore:
@@ -124,13 +178,17 @@ class UserStateStore:
         half_life_ms: float,
         max_recent: int,
         space_id: int,
+        replay_window: int = REPLAY_WINDOW,
     ) -> None:
+        if replay_window < 1:
+            raise ValueError(f"replay_window must be >= 1, not {replay_window}")
         self.client = client
         self.namespace = namespace
         self.ttl_ms = ttl_ms
         self.half_life_ms = half_life_ms
         self.max_recent = max_recent
         self.space_id = space_id
+        self.replay_window = replay_window
 
     async def load_script(self) -> None:
         try:
@@ -140,8 +198,13 @@ class UserStateStore:
 
     async def apply_batch(self, updates: list[StateUpdate]) -> list[bytes]:
         """Apply every update in order; return each event's state after its update."""
+        return (await self.apply(updates)).states
+
+    async def apply(self, updates: list[StateUpdate]) -> Applied:
+        """Apply every update in order, skipping events already applied (``event_hash``
+        among the user's last ``replay_window``), in one round trip."""
         if not updates:
-            return []
+            return Applied([], [])
         try:
             return await self._execute(updates)
         except NoScriptError:
@@ -154,13 +217,14 @@ class UserStateStore:
         except RedisError as exc:
             raise StateStoreError(str(exc)) from exc
 
-    async def _execute(self, updates: list[StateUpdate]) -> list[bytes]:
+    async def _execute(self, updates: list[StateUpdate]) -> Applied:
         pipe = self.client.pipeline(transaction=False)
         for u in updates:
             pipe.evalsha(
                 UPDATE_SHA,
-                1,
+                2,
                 user_key(self.namespace, u.user_id),
+                applied_key(self.namespace, u.user_id),
                 repr(u.now_ms),
                 u.session_hash,
                 u.item_hash or b"",
@@ -170,9 +234,11 @@ class UserStateStore:
                 self.ttl_ms,
                 self.max_recent,
                 self.space_id,
+                u.event_hash,
+                self.replay_window,
             )
         results = await pipe.execute(raise_on_error=True)
-        return [bytes(r) for r in results]
+        return Applied([bytes(r[0]) for r in results], [bool(r[1]) for r in results])
 
     async def get(self, user_id: str) -> bytes | None:
         value = await self.client.get(user_key(self.namespace, user_id))
@@ -184,4 +250,9 @@ class UserStateStore:
         return int(await self.client.pttl(user_key(self.namespace, user_id)))
 
     async def delete(self, user_id: str) -> int:
-        return int(await self.client.delete(user_key(self.namespace, user_id)))
+        """Delete the user's state and applied-event hashes; 1 if there was a state."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(user_key(self.namespace, user_id))
+        pipe.delete(applied_key(self.namespace, user_id))
+        deleted, _ = await pipe.execute()
+        return int(deleted)

@@ -20,6 +20,10 @@ The update is applied inside Redis by a Lua script (features/store.py) so that r
 updating a batch of users costs one pipelined round trip; ``apply_event`` below is the same
 rule in numpy, used by unit tests, offline evaluation, and a test that checks the two agree.
 A vector written in another embedding space is discarded rather than mixed with the new one.
+
+Replays: besides the state, each user has a list of the 8-byte hashes of their last applied
+events (newest first, ``8*k`` bytes, ``k <= window``); an event whose hash is in it is not
+applied again. ``remember_event`` is that rule (the script's twin).
 """
 
 from __future__ import annotations
@@ -149,3 +153,20 @@ def apply_event(
         events=state.events + 1,
         space_id=current_space,
     )
+
+
+def remember_event(applied: bytes, event_hash: bytes, window: int) -> tuple[bool, bytes]:
+    """The replay check: ``(True, applied)`` when ``event_hash`` (8 bytes) is one of the
+    hashes in ``applied`` (``8*k`` bytes, newest first), else ``(False, new list)`` with it
+    prepended and the list cut to ``window`` hashes. A list of another length is treated as
+    empty, as the script does."""
+    if len(event_hash) != 8:
+        raise ValueError(f"an event hash has 8 bytes, not {len(event_hash)}")
+    if len(applied) % 8:
+        applied = b""
+    pos = applied.find(event_hash)
+    while pos >= 0:
+        if pos % 8 == 0:
+            return True, applied
+        pos = applied.find(event_hash, pos + 1)
+    return False, (event_hash + applied)[: 8 * window]

@@ -173,6 +173,11 @@ class HitTracker:
             out.append(j)
         return out
 
+    def forget(self, user_id: str) -> bool:
+        """Drop ``user_id``'s pending list (``streamrec forget-user``); True if there was one.
+        The per-arm counts it already added to stay (they hold no user)."""
+        return self._last.pop(user_id, None) is not None
+
 
 @dataclass(slots=True)
 class ImpressionTracker:
@@ -204,6 +209,11 @@ class ImpressionTracker:
             return None
         del self._pending[user_id]
         return pending[0]
+
+    def forget(self, user_id: str) -> bool:
+        """Drop ``user_id``'s pending impression (``streamrec forget-user``); True if there was
+        one."""
+        return self._pending.pop(user_id, None) is not None
 
 
 __all__ = ["ABSplit", "Arm", "ArmStats", "HitTracker", "ImpressionTracker", "Judgement", "wilson"]

@@ -208,6 +208,15 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     for name in FILES:
         if name not in files:
             raise BundleIntegrityError(f"{path}: manifest does not list {name}")
+    # A file the manifest does not list would be read unverified by a loader that looks for it
+    # (model.onnx.data through ONNX Runtime, weights.npz, covisit.npz, knn.npz, ...): refused.
+    unlisted = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.name != MANIFEST_FILE and p.name not in files and not p.is_dir()
+    )
+    if unlisted:
+        raise BundleIntegrityError(f"{path}: files not in the manifest: {', '.join(unlisted)}")
     for name in files:  # every listed file, optional ones included
         if not (path / name).is_file():
             raise BundleIntegrityError(f"{path}: missing {name}")

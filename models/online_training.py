@@ -96,6 +96,15 @@ class ExampleBuilder:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def forget(self, prefix: str) -> int:
+        """Drop every open session whose id starts with ``prefix`` (a user's sessions, when
+        session ids are keyed by user: ``streamrec forget-user``); returns how many. A scan of
+        at most ``max_sessions`` keys: erasure is rare."""
+        doomed = [s for s in self._sessions if s.startswith(prefix)]
+        for s in doomed:
+            del self._sessions[s]
+        return len(doomed)
+
 
 def prequential_metrics(
     model: SessionRanker, examples: Sequence[Example], k: int

@@ -345,7 +345,7 @@ def cached_encode(
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name)
         path = Path(cache_dir) / f"{safe}-{_texts_digest(texts)}.npy"
         if path.exists():
-            arr = np.load(path)
+            arr = np.load(path, allow_pickle=False)
             if arr.shape == (len(texts), encoder.dim):
                 return arr.astype(np.float32, copy=False), 0.0, True
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,11 +23,14 @@ from faust.types import EventT
 
 from features.item_text_store import ItemTextStore, StoredItem
 from features.online_covisit import CovisitStore
+from features.pseudonym import Pseudonymiser
 from features.result_cache import ResultCache
 from features.store import StateStoreError, UserStateStore
+from features.traffic import TrafficMonitor
 from models.ab import ABSplit, HitTracker, ImpressionTracker
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
+from stream.anomaly import Fallback, check_event, merge_in_order
 from stream.guard import RollbackGuard
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, TextSearch, Trigger, recommend_batch
@@ -109,6 +112,13 @@ class BatchHandler:
         self.guard: RollbackGuard | None = None
         self.on_rollback: Callable[[str, str, float, float], None] | None = None
         self.batches = 0  # micro-batches handled: the batch id of the per-batch debug log
+        # STREAMREC_PSEUDONYMISE_KEY (features/pseudonym.py): user ids are replaced right after
+        # validation, so state, trackers, arms and outputs only ever see the pseudonym.
+        self.pseudonymise: Pseudonymiser | None = None
+        # Traffic anomalies (features/traffic.py, set by the app; None = off): flagged
+        # triggers get ``fallback``'s non-personalised list and skip the state update.
+        self.traffic: TrafficMonitor | None = None
+        self.fallback = Fallback(k, n_candidates)
 
     async def handle(self, batch: Sequence[RawMessage]) -> None:
         # One model for the whole batch: a hot swap rebinds ``self.model`` while this batch
@@ -122,17 +132,28 @@ class BatchHandler:
         sources: list[RawMessage] = []
         pending: list[Awaitable[object]] = []
         parsed: list[UserEvent] = []
+        flagged: list[Trigger] = []
+        flags: list[bool] = []  # per trigger, in batch order: flagged as anomalous traffic?
+        now_ms = time.time() * 1000
         for msg in batch:
             try:
-                event = parse_event(msg.value, self.limits)
+                event = parse_event(msg.value, self.limits, now_ms)
             except InvalidEvent as exc:
                 pending.append(await self._dead_letter(msg, exc.reason, exc.detail))
                 continue
+            if self.pseudonymise is not None:
+                event.user_id = self.pseudonymise(event.user_id)
             m.events_in.labels(event.event_type.value).inc()
-            parsed.append(event)
             if event.event_type is EventType.IMPRESSION:
+                parsed.append(event)
                 continue  # feedback: counted for CTR, answered by no recommendation
-            triggers.append(Trigger(event, msg.timestamp_ms))
+            trigger = Trigger(event, msg.timestamp_ms)
+            flags.append(self._anomalous(event))
+            if flags[-1]:
+                flagged.append(trigger)
+                continue
+            parsed.append(event)
+            triggers.append(trigger)
             sources.append(msg)
         m.stage_ms.labels("validate").observe((time.perf_counter() - t0) * 1000)
         self.batches += 1
@@ -144,27 +165,47 @@ class BatchHandler:
                 result = await self._recommend(triggers, sources, model)
             else:
                 result = await self._recommend_arms(triggers, sources)
+        if triggers or flagged:
             t1 = time.perf_counter()
-            payloads = encode_recommendations(result.recommendations)
-            for rec, value in zip(result.recommendations, payloads, strict=True):
+            recs = result.recommendations if result is not None else []
+            if flagged:  # never through the pipeline: no Redis write, not judged by HR@K
+                answers = self.fallback.answer(flagged, model, time.time() * 1000)
+                ids = [t.event.event_id for t in triggers]
+                recs = merge_in_order(flags, ids, recs, answers)
+            payloads = encode_recommendations(recs)
+            for rec, value in zip(recs, payloads, strict=True):
                 pending.append(
                     await self.publish(self.recommendations_topic, rec.user_id.encode(), value)
                 )
             sent_ms = time.time() * 1000
-            for t in triggers:
+            for t in (*triggers, *flagged):
                 m.trigger_to_publish_ms.observe(max(0.0, sent_ms - t.sent_ms))
-            for rec in result.recommendations:
+            for rec in recs:
                 m.recommendations_out.labels(rec.kind).inc()
-            self._track(triggers, result.recommendations)
+            if result is not None:
+                self._track(triggers, result.recommendations)
             m.stage_ms.labels("publish").observe((time.perf_counter() - t1) * 1000)
         if len(parsed) > len(triggers) or self.impressions.pending:
             self._track_impressions(parsed, model)
+        if self.traffic is not None:
+            for kind, n in self.traffic.flagged().items():
+                m.anomalous_keys.labels(kind).set(n)
         # At-least-once: the batch is acknowledged (offsets committed) only after every
         # output record of it is on the broker.
         if pending:
             await asyncio.gather(*pending)
         if log.isEnabledFor(logging.DEBUG):
             self._log_batch(len(batch), len(triggers), result, model, t0)
+
+    def _anomalous(self, event: UserEvent) -> bool:
+        """Count the trigger in the traffic monitor; True when a key of it is over its bound
+        (each such kind counted in ``streamrec_anomalous_events_total``)."""
+        if self.traffic is None:
+            return False
+        over = check_event(self.traffic, event)
+        for kind in over:
+            self.metrics.anomalous_events.labels(kind).inc()
+        return bool(over)
 
     def _log_batch(
         self,
@@ -313,6 +354,8 @@ class BatchHandler:
             self.metrics.result_cache_lookups.labels(outcome).inc(n)
         if result.unknown_items:
             self.metrics.unknown_items.inc(result.unknown_items)
+        if result.replayed:
+            self.metrics.replayed_events.inc(result.replayed)
         return result
 
     async def _one_by_one(
@@ -336,10 +379,15 @@ class BatchHandler:
             except Exception as exc:
                 await (await self._dead_letter(msg, Reason.PROCESSING_ERROR, repr(exc)[:500]))
                 continue
+            if r.replayed:  # also events the failed batch attempt had already applied
+                self.metrics.replayed_events.inc(r.replayed)
             out.recommendations.extend(r.recommendations)
         return out
 
     async def _dead_letter(self, msg: RawMessage, reason: Reason, detail: str) -> Awaitable[object]:
+        if self.pseudonymise is not None:  # no raw user id in the dead-letter topic either
+            raw, key = self.pseudonymise.redact_dead_letter(msg.value or b"", msg.key)
+            msg = replace(msg, value=raw, key=key)
         return await dead_letter(
             self.publish, self.metrics, self.dead_letter_topic, msg, reason, detail
         )

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
@@ -21,6 +20,7 @@ from features.item_text_store import RedisItemTextStore
 from features.online_covisit import RedisCovisitStore
 from features.result_cache import RedisResultCache
 from features.store import StateStoreError, UserStateStore
+from features.traffic import TrafficMonitor
 from models.ab import ABSplit
 from models.bundle import ModelError, latest_bundle
 from models.registry import arm_version
@@ -28,16 +28,25 @@ from models.scoring import Device
 from models.serving import ServingModel
 from models.text_index import ItemTextIndex
 from stream.agents import BatchHandler, CatalogueHandler, RawMessage
+from stream.anomaly import input_limits, rate_bounds
 from stream.batcher import IDLE, SIZE, BatchPolicy, CostModel, budget_batches, wall_ms
+from stream.forget import ForgetRequest, follow_forget_requests, forget_in_worker, pseudonymiser_of
 from stream.guard import RollbackGuard
 from stream.health import CHECK_INTERVAL_S, Health, bundle_age_s, kafka_reachable, partition_lags
 from stream.metrics import WorkerMetrics
 from stream.model_updates import ModelSwapper
 from stream.pipeline import QueryCache, TextSearch
 from stream.settings import Settings
+from stream.transactions import (
+    EXACTLY_ONCE,
+    BatchTransactions,
+    current_transactional_id,
+    faust_commit_settings,
+    make_idempotent,
+)
+from stream.transport import KafkaSecurity, redis_client
 from topics import names
 from topics.catalogue import CatalogueLimits
-from topics.events import Limits
 from topics.model_updates import ModelUpdate
 
 if TYPE_CHECKING:
@@ -83,15 +92,18 @@ def create_app(
     model age: stream/health.py). ``encoder`` None loads the configured one
     (``load_text_encoder``); ``health`` None: the app keeps its own (the worker passes the one
     its HTTP server reads)."""
+    pseudonymise = pseudonymiser_of(settings)  # a bad key file stops start-up here
     if encoder is None:
         encoder = load_text_encoder(settings)
     index = ItemTextIndex(encoder.dim, encoder.name) if encoder is not None else None
     prefix = settings.topic_prefix
     datadir = settings.model_dir.parent / "faust-data" / settings.group_id
     datadir.mkdir(parents=True, exist_ok=True)  # faust itself creates only the last level
+    kafka_security = KafkaSecurity.of(settings)  # password read once, from env or file
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=kafka_security.faust_credentials(),
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=names.USER_EVENTS.partitions,
@@ -102,7 +114,11 @@ def create_app(
         producer_acks=-1,
         stream_buffer_maxsize=max(4 * settings.batch_max, 256),
         datadir=str(datadir),
+        **faust_commit_settings(settings.processing_guarantee),
     )
+    make_idempotent(app.producer)
+    # exactly_once: each batch's outputs and offsets in one transaction (stream/transactions.py)
+    tx = BatchTransactions(app, enabled=settings.processing_guarantee == EXACTLY_ONCE)
     events = app.topic(
         prefix + names.USER_EVENTS.name,
         partitions=names.USER_EVENTS.partitions,
@@ -166,8 +182,9 @@ def create_app(
 
     async def publish(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(
-            topic, key, value, partition=None, timestamp=None, headers=None
-        )
+            topic, key, value, partition=None, timestamp=None, headers=None,
+            transactional_id=current_transactional_id(),
+        )  # fmt: skip
 
     async def handler() -> Handlers:
         async with creating:  # both agents and the timer ask; build once
@@ -177,7 +194,7 @@ def create_app(
 
     async def build() -> Handlers:
         model = swapper.current  # the version served when the first agent starts
-        client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         store = UserStateStore(
             client,
             namespace=settings.namespace,
@@ -230,7 +247,7 @@ def create_app(
             publish=publish,
             recommendations_topic=recs_topic,
             dead_letter_topic=dead_topic,
-            limits=Limits(max_bytes=settings.max_event_bytes),
+            limits=input_limits(settings),
             k=settings.top_k,
             n_candidates=settings.candidates,
             follow_model_half_life=settings.half_life_s is None,
@@ -238,6 +255,13 @@ def create_app(
         )
         events_handler.guard = guard
         events_handler.on_rollback = roll_back
+        bounds = rate_bounds(settings)
+        if bounds.enabled:
+            events_handler.traffic = TrafficMonitor(bounds)
+            for kind in events_handler.traffic.counters:  # series at 0 from the start
+                metrics.anomalous_events.labels(kind)
+                metrics.anomalous_keys.labels(kind).set(0)
+        events_handler.pseudonymise = pseudonymise
         if settings.ab_arms:
             split = ABSplit.parse(settings.ab_arms, settings.ab_salt)
             # An arm whose training agent promoted a version (ARM.<name>) serves that one.
@@ -259,7 +283,7 @@ def create_app(
     async def recommend(stream: faust.StreamT) -> None:
         h = (await handler()).events
         if settings.latency_budget_ms > 0:
-            await recommend_within_budget(stream, h, settings, metrics)
+            await recommend_within_budget(stream, h, settings, metrics, tx)
             return
         # No budget: faust's take_events (not on the StreamT protocol), size or wait only.
         take = stream.take_events  # type: ignore[attr-defined]
@@ -267,14 +291,14 @@ def create_app(
             full = len(batch) >= settings.batch_max
             metrics.batches_closed.labels(SIZE if full else IDLE).inc()
             metrics.batch_wait_ms.observe(max(0.0, wall_ms() - min(map(_event_ms, batch))))
-            await h.handle([RawMessage.from_event(e) for e in batch])
+            await tx.run([RawMessage.from_event(e) for e in batch], h.handle)
 
     @app.agent(catalogue, name="catalogue")
     async def catalogue_items(stream: faust.StreamT) -> None:
         h = (await handler()).catalogue
         take = stream.take_events  # type: ignore[attr-defined]
         async for batch in take(settings.batch_max, settings.batch_wait_ms / 1000):
-            await h.handle([RawMessage.from_event(e) for e in batch])
+            await tx.run([RawMessage.from_event(e) for e in batch], h.handle)
 
     @app.timer(interval=settings.catalogue_sync_s)
     async def follow_catalogue() -> None:
@@ -341,6 +365,7 @@ def create_app(
             consumer = AIOKafkaConsumer(
                 updates_topic,
                 bootstrap_servers=settings.kafka_bootstrap_servers,
+                **kafka_security.client_kwargs(),
                 group_id=group,
                 auto_offset_reset="latest",
                 enable_auto_commit=True,
@@ -368,6 +393,16 @@ def create_app(
             finally:
                 await consumer.stop()
 
+    async def apply_forget(request: ForgetRequest) -> None:
+        forgotten = await forget_in_worker((await handler()).events, request.user_id)
+        log.info("forget request %s applied: %s", request.request_id, forgotten)
+
+    @app.task
+    async def follow_forget() -> None:
+        """``streamrec forget-user`` reaches every worker (stream/forget.py)."""
+        group = f"{settings.group_id}-forget-{socket.gethostname()}-{os.getpid()}"
+        await follow_forget_requests(settings.kafka_bootstrap_servers, prefix, group, apply_forget)
+
     if settings.model_poll_s > 0:
 
         @app.timer(interval=settings.model_poll_s)
@@ -384,8 +419,8 @@ def create_app(
             log.info("CURRENT names %s (serving %s)", path.name, swapper.version)
             await swapper.load(path)
 
-    redis_probe = aioredis.from_url(
-        settings.redis_url, socket_timeout=CHECK_INTERVAL_S, socket_connect_timeout=CHECK_INTERVAL_S
+    redis_probe = redis_client(
+        settings, socket_timeout=CHECK_INTERVAL_S, socket_connect_timeout=CHECK_INTERVAL_S
     )
     events_topic = events.get_topic_name()
     lagging: set[int] = set()  # partitions with a lag series, removed when revoked
@@ -422,10 +457,11 @@ def create_app(
     @app.task
     async def announce() -> None:
         log.info(
-            "serving model %s (%s) on %s; topics %s -> %s; search: %s",
+            "serving model %s (%s) on %s (%s); topics %s -> %s; search: %s",
             swapper.version,
             swapper.current.scorer.provider,
             settings.kafka_bootstrap_servers,
+            kafka_security.describe(),
             events.get_topic_name(),
             recs_topic,
             encoder.name if encoder is not None else "off (STREAMREC_TEXT_ENCODER=none)",
@@ -435,7 +471,11 @@ def create_app(
 
 
 async def recommend_within_budget(
-    stream: faust.StreamT, h: BatchHandler, settings: Settings, metrics: WorkerMetrics
+    stream: faust.StreamT,
+    h: BatchHandler,
+    settings: Settings,
+    metrics: WorkerMetrics,
+    tx: BatchTransactions | None = None,
 ) -> None:
     """The recommend agent's loop under ``STREAMREC_LATENCY_BUDGET_MS`` (stream/batcher.py).
 
@@ -460,7 +500,8 @@ async def recommend_within_budget(
             async for batch in batches:
                 metrics.batches_closed.labels(batch.reason).inc()
                 metrics.batch_wait_ms.observe(batch.wait_ms)
-                await h.handle([RawMessage.from_event(e) for e in batch.items])
+                msgs = [RawMessage.from_event(e) for e in batch.items]
+                await (h.handle(msgs) if tx is None else tx.run(msgs, h.handle))
                 for event in batch.items:
                     await stream.ack(event)
     finally:

@@ -45,6 +45,18 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_forget_user(args: argparse.Namespace) -> int:
+    from stream.forget import forget_user
+
+    settings = load_settings()
+    out = asyncio.run(forget_user(settings, args.user_id, pseudonymised=args.pseudonymised))
+    # The user is not named: this output may end up in logs.
+    print(f"redis: {out.redis_keys} key(s) deleted in namespace {settings.namespace}")
+    print(f"kafka: request {out.request.request_id} on {out.topic}: every worker and training "
+          "agent erases the user from memory (and Redis again) as it reads it")  # fmt: skip
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from stream.kafka_admin import create_topics
     from topics.names import all_topics
@@ -238,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--model-dir", help="bundle root (default: STREAMREC_MODEL_DIR)")
     ta.add_argument("--max-seconds", type=float, default=None, help="stop after N seconds")
     ta.set_defaults(func=_cmd_train_agent)
+
+    fu = sub.add_parser(
+        "forget-user",
+        help="erase a user's state, cached data and pending training examples everywhere",
+    )
+    fu.add_argument("user_id", metavar="ID", help="the user id as producers send it")
+    fu.add_argument(
+        "--pseudonymised", action="store_true",
+        help="ID is already the pseudonym (STREAMREC_PSEUDONYMISE_KEY): do not hash it again",
+    )  # fmt: skip
+    fu.set_defaults(func=_cmd_forget_user)
 
     t = sub.add_parser("topics", help="topic administration")
     tsub = t.add_subparsers(dest="topics_command", required=True)

@@ -8,13 +8,29 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.transport import KafkaSecurity, kafka_kwargs
 from topics.names import TopicSpec
 
 
-async def create_topics(bootstrap: str, specs: tuple[TopicSpec, ...]) -> list[str]:
-    """Create each topic that does not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    await admin.start()
+async def create_topics(
+    bootstrap: str, specs: tuple[TopicSpec, ...], *, security: KafkaSecurity | None = None
+) -> list[str]:
+    """Create each topic that does not exist yet; return the names created. ``security``
+    None: the configuration in the environment (stream/transport.py), as for every client.
+    This is the worker's first connection: a refused login or certificate stops start-up with
+    a message saying how it connected (protocol, mechanism, user; never the password)."""
+    security = security if security is not None else KafkaSecurity.from_env()
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15_000, **kafka_kwargs(security)
+    )
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise RuntimeError(
+            f"cannot connect to Kafka at {bootstrap} as {security.describe()}: {exc} "
+            "(the log line above says why: authentication, certificate or network)"
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         new = [
@@ -42,8 +58,12 @@ async def create_topics(bootstrap: str, specs: tuple[TopicSpec, ...]) -> list[st
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+async def delete_topics(
+    bootstrap: str, names: list[str], *, security: KafkaSecurity | None = None
+) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15_000, **kafka_kwargs(security)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -36,6 +36,13 @@ class WorkerMetrics:
         self.unknown_items = Counter(
             "streamrec_unknown_items", "Item events whose item the model does not know", registry=r
         )
+        # Idempotent state (features/store.py): redelivered events, answered but not re-applied.
+        self.replayed_events = Counter(
+            "streamrec_replayed_events",
+            "Events already applied to their user's state (redeliveries after a crash, rebalance "
+            "or retry): answered again, state and online co-visitation left unchanged",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "streamrec_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r
         )
@@ -159,6 +166,21 @@ class WorkerMetrics:
             "streamrec_ready",
             "1 while the worker is ready (model loaded, Kafka and Redis reachable; GET /ready "
             "answers 200), else 0",
+            registry=r,
+        )
+        # Traffic anomalies (features/traffic.py): an event flagged by several kinds counts
+        # once under each.
+        self.anomalous_events = Counter(
+            "streamrec_anomalous_events",
+            "Events of a user, session or item over its events-per-minute bound, answered "
+            "non-personalised and kept out of state, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.anomalous_keys = Gauge(
+            "streamrec_anomalous_keys",
+            "Users, sessions or items flagged now (over their events-per-minute bound), by kind",
+            ["kind"],
             registry=r,
         )
 

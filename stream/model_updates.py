@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from models.bundle import BundleIntegrityError, ModelError
 from models.scoring import Device
 from models.serving import ServingModel
+from stream.transport import KafkaSecurity, kafka_kwargs
 from topics.model_updates import ModelUpdate
 
 log = logging.getLogger("streamrec.worker")
@@ -46,10 +47,13 @@ def swap_failures(registry: CollectorRegistry) -> Counter:
     return _FAILURES[registry]
 
 
-async def announce(bootstrap: str, topic: str, update: ModelUpdate) -> None:
+async def announce(
+    bootstrap: str, topic: str, update: ModelUpdate, *, security: KafkaSecurity | None = None
+) -> None:
     """Publish ``update`` on ``topic`` and wait until every in-sync replica has it (acks=all),
-    so that a ``models promote`` that returns has really told the workers."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    so that a ``models promote`` that returns has really told the workers. ``security``
+    None: the configuration in the environment."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kafka_kwargs(security))
     await producer.start()
     try:
         await producer.send_and_wait(topic, update.to_bytes())  # 1 partition: no key needed

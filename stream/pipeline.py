@@ -84,6 +84,9 @@ class BatchResult:
     unknown_items: int = 0
     # Rows by hot-result cache outcome ("hit", "miss", "uncacheable"); empty without a cache.
     cache_lookups: dict[str, int] = field(default_factory=dict)
+    # Triggers whose event had already been applied to its user's state (a redelivery): state
+    # and online co-visitation left alone, the Recommendation computed from the current state.
+    replayed: int = 0
 
 
 @dataclass(slots=True)
@@ -172,7 +175,8 @@ def candidates_for(
 
 
 def state_updates(events: list[UserEvent], model: ServingModel) -> tuple[list[StateUpdate], int]:
-    """One StateUpdate per event; item embeddings looked up for the whole batch at once."""
+    """One StateUpdate per event, carrying the hash of its event_id so that a redelivered
+    event is not applied twice; item embeddings looked up for the whole batch at once."""
     item_hashes = [id_hash(e.item_id) if e.item_id is not None else None for e in events]
     present = [h for h in item_hashes if h is not None]
     idx = model.indices_of(hashes_to_u64(present)) if present else np.zeros(0, np.int64)
@@ -196,19 +200,27 @@ def state_updates(events: list[UserEvent], model: ServingModel) -> tuple[list[St
                 item_hash=h,
                 weight=model.event_weights.get(e.event_type.value, 0.0),
                 embedding=emb,
+                event_hash=id_hash(e.event_id),
             )
         )
     return updates, unknown
 
 
 def online_batch(
-    events: list[UserEvent], states: list[UserState], model: ServingModel, *, read: bool = True
+    events: list[UserEvent],
+    states: list[UserState],
+    model: ServingModel,
+    *,
+    read: bool = True,
+    replayed: Sequence[bool] | None = None,
 ) -> CovisitBatch:
     """What a batch teaches the online co-visitation store and asks of it. ``states`` are the
     states *after* each event, so an item event's item is ``recent[0]`` and the session's
     previous item ``recent[1]``: one transition per event that continues a session. Queries:
     each row's newest ONLINE_DEPTH session items (empty hash where the session is shorter);
-    none when not ``read`` (warming the store)."""
+    none when not ``read`` (warming the store). Events flagged in ``replayed`` (already
+    applied: their state is the current one, not the one they produced) teach nothing, so a
+    redelivery does not count a transition or an interaction twice; they still query."""
     src: list[bytes] = []
     dst: list[bytes] = []
     t_ms: list[float] = []
@@ -216,9 +228,10 @@ def online_batch(
     item_ms: list[float] = []
     item_w: list[float] = []
     queries: list[bytes] = []
-    for e, s in zip(events, states, strict=True):
+    skip = replayed if replayed is not None else [False] * len(events)
+    for e, s, again in zip(events, states, skip, strict=True):
         n = min(s.n_session, len(s.recent))
-        if e.item_id is not None and n:
+        if e.item_id is not None and n and not again:
             items.append(s.recent[0])
             item_ms.append(float(e.timestamp_ms))
             item_w.append(model.event_weights.get(e.event_type.value, 0.0))
@@ -608,6 +621,7 @@ class BatchInputs:
     stage_ms:  stages measured so far (state, online, encode, text)
     arrays_ms: ``build_arrays``'s share of the "retrieval" stage
     lookup:    the hot-result cache's keys and answers for the batch, or None without a cache
+    replayed:  how many of the B events had already been applied (``Applied.replayed``)
     """
 
     arrays: BatchArrays
@@ -619,6 +633,7 @@ class BatchInputs:
     arrays_ms: float
     unknown_items: int
     lookup: CacheLookup | None = None
+    replayed: int = 0
 
     @property
     def rows(self) -> int:
@@ -714,12 +729,16 @@ async def prepare_batch(
     events = [t.event for t in triggers]
     t0 = time.perf_counter()
     updates, unknown = state_updates(events, model)
-    blobs = await store.apply_batch(updates)
-    states = [decode_state(b) for b in blobs]
+    applied = await store.apply(updates)
+    states = [decode_state(b) for b in applied.states]
     t1 = time.perf_counter()
     stage["state"] = (t1 - t0) * 1000
 
-    batch = online_batch(events, states, model) if online is not None else None
+    batch = (
+        online_batch(events, states, model, replayed=applied.replayed)
+        if online is not None
+        else None
+    )
     t2 = time.perf_counter()
     arrays = build_arrays(states, model)
     n_stored = np.array([len(s.recent) for s in states], dtype=np.int64)
@@ -760,7 +779,8 @@ async def prepare_batch(
         t_tok = time.perf_counter()
         text = merge_rows(text, token_rows(events, model, search))
         stage["text"] = stage.get("text", 0.0) + (time.perf_counter() - t_tok) * 1000
-    return BatchInputs(arrays, live, text, n_stored, queries, stage, arrays_ms, unknown, lookup)
+    return BatchInputs(arrays, live, text, n_stored, queries, stage, arrays_ms, unknown, lookup,
+                       applied.n_replayed)  # fmt: skip
 
 
 def score_inputs(
@@ -918,10 +938,13 @@ async def recommend_batch(
     inputs = await prepare_batch(triggers, store, model, online=online, search=search,
                                  cache=cache, cache_salt=salt)  # fmt: skip
     if cache is not None:
-        return await recommend_cached(triggers, inputs, model, cache, k=k,
-                                      n_candidates=n_candidates, clock=clock)  # fmt: skip
-    scored = score_inputs(inputs, model, k=k, n_candidates=n_candidates)
-    return rank_batch(triggers, scored, model, k=k, clock=clock)
+        result = await recommend_cached(triggers, inputs, model, cache, k=k,
+                                        n_candidates=n_candidates, clock=clock)  # fmt: skip
+    else:
+        scored = score_inputs(inputs, model, k=k, n_candidates=n_candidates)
+        result = rank_batch(triggers, scored, model, k=k, clock=clock)
+    result.replayed = inputs.replayed
+    return result
 
 
 async def recommend_cached(
@@ -942,8 +965,9 @@ async def recommend_cached(
     (``prepare_batch``). Retrieval, scoring and ranking run for the uncacheable rows and the
     first row of each missed key only (a later row with the same key copies that list: same
     inputs, same read of the online store); then one ``put_many`` (one EVAL of SET PX) fills
-    the computed keys. A cache that fails is logged and served around: user state is already
-    updated, so failing the batch would make the worker's retry apply its events twice.
+    the computed keys. A cache that fails is logged and served around: the batch's state and
+    online-store updates are done, so failing it would only delay its answers (a retry
+    finds its events applied and skips the online store's update for them).
     ``cache_lookups`` counts rows: ``hit`` (reused, from the cache or an identical earlier
     row), ``miss`` (computed and filled) and ``uncacheable`` (warm users, text rows)."""
     b = inputs.rows

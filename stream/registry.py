@@ -41,6 +41,7 @@ from models.registry import (
     rollback,
 )
 from stream.settings import Settings, load_settings
+from stream.transport import redact_url
 
 REDIS_TIMEOUT_S = 5.0
 ANNOUNCE_TIMEOUT_S = 5.0
@@ -70,10 +71,10 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
 
 def _redis_store(settings: Settings) -> tuple[RegistryStore, Callable[[], Awaitable[None]]]:
     """The Redis mirror and how to close it (a seam: tests put the in-memory twin here)."""
-    import redis.asyncio as aioredis
+    from stream.transport import redis_client
 
-    client = aioredis.from_url(
-        settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
+    client = redis_client(
+        settings, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
     )
     return RedisRegistryStore(client, namespace=settings.namespace), client.aclose
 
@@ -92,7 +93,7 @@ def record_in_redis(settings: Settings, record: PromotionRecord) -> bool:
         asyncio.run(asyncio.wait_for(_record_in_redis(settings, record), REDIS_TIMEOUT_S + 1))
     except Exception as exc:  # any outage: the filesystem promotion stands
         reason = f"{type(exc).__name__}: {exc}"
-        _warn(f"promotion not recorded in Redis ({settings.redis_url}): {reason}")
+        _warn(f"promotion not recorded in Redis ({redact_url(settings.redis_url)}): {reason}")
         return False
     return True
 
@@ -120,6 +121,7 @@ def announce_update(
     )
     bootstrap = settings.kafka_bootstrap_servers
     try:
+        # TLS/SASL from the environment, as these settings were (stream/transport.py).
         asyncio.run(asyncio.wait_for(announce(bootstrap, topic, update), ANNOUNCE_TIMEOUT_S))
     except Exception as exc:  # Kafka down or slow: polling still delivers the version
         reason = f"{type(exc).__name__}: {exc}"

@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
 from stream.kafka_admin import create_topics, delete_topics
+from stream.transport import KafkaSecurity, kafka_kwargs
 from topics.dead_letter import DeadLetter
 from topics.events import EventType, UserEvent
 from topics.names import all_topics, topic_names
@@ -52,13 +53,17 @@ async def produce(
     *,
     rate: float = 0.0,
     progress: Callable[[int], None] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> float:
     """Send ``(key, value)`` pairs; ``rate`` events/s (0 = as fast as possible).
 
     Returns the wall time (s) of the first send. Record timestamps are the send time, which
-    is what the worker's trigger-to-publish latency is measured from.
+    is what the worker's trigger-to-publish latency is measured from. ``security`` (here and
+    below) None: the configuration in the environment (stream/transport.py).
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=1, **kafka_kwargs(security)
+    )
     await producer.start()
     try:
         start = time.time()
@@ -87,10 +92,14 @@ async def collect(
     progress: Callable[[int], None] | None = None,
     ready: asyncio.Event | None = None,
     linger_s: float = 0.0,
+    security: KafkaSecurity | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> Collected:
     """Read both output topics from their beginning until ``expect`` records (recommendations
     + dead letters) arrived or ``timeout_s`` passed since the last record; then go on reading
-    for ``linger_s`` so that late duplicates are counted too."""
+    for ``linger_s`` so that late duplicates are counted too. ``isolation_level``
+    ``"read_committed"`` reads only committed transactions: what a consumer of a worker with
+    ``STREAMREC_PROCESSING_GUARANTEE=exactly_once`` sees (docs/reliability.md)."""
     consumer = AIOKafkaConsumer(
         recommendations_topic,
         dead_letter_topic,
@@ -98,6 +107,8 @@ async def collect(
         group_id=group_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        isolation_level=isolation_level,
+        **kafka_kwargs(security),
     )
     await consumer.start()
     out = Collected()
@@ -403,11 +414,15 @@ def merge_partitions(records: dict[int, list[SourceRecord]]) -> list[SourceRecor
     return list(heapq.merge(*records.values(), key=lambda r: r.timestamp_ms))
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(
+    bootstrap: str, topic: str, *, security: KafkaSecurity | None = None
+) -> list[int]:
     """The partition ids of an existing ``topic``; ``TopicRangeError`` when it does not exist.
     Asked of the admin API because a consumer only knows partitions of topics it assigned or
     subscribed, and existence is checked first so that the lookup can never auto-create it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15_000, **kafka_kwargs(security)
+    )
     await admin.start()
     try:
         if topic not in set(await admin.list_topics()):
@@ -438,6 +453,7 @@ async def read_topic_range(
     *,
     group_id: str,
     idle_timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> TopicRange:
     """Read ``[start, stop)`` of every partition of ``topic`` with a plain consumer:
     ``assign()`` + ``seek()``, never a subscription, and auto-commit off with no commit
@@ -445,13 +461,15 @@ async def read_topic_range(
     offsets move. ``latest`` is the end of each partition when the read starts, so a live topic
     cannot keep the replay going. Raises ``TopicRangeError`` for a missing topic, or when no
     record arrived for ``idle_timeout_s`` while partitions were still short of their end."""
-    partitions = await topic_partitions(bootstrap, topic)
+    security = security if security is not None else KafkaSecurity.from_env()
+    partitions = await topic_partitions(bootstrap, topic, security=security)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
         client_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **kafka_kwargs(security),
     )
     await consumer.start()
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".cache" / "streamrec"
@@ -21,12 +21,32 @@ class Settings(BaseSettings):
         "127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    # Transport security and logins (stream/transport.py, docs/security.md "Transport and
+    # authentication"). Passwords are SecretStr (masked in repr); the *_file forms read a
+    # mounted secret instead. Which combinations are valid: transport.transport_problems.
+    kafka_security_protocol: str = Field("PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_SSL)$")
+    kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", pattern=r"^SCRAM-SHA-(512|256)$")
+    kafka_username: str = ""
+    kafka_password: SecretStr = SecretStr("")
+    kafka_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    redis_username: str = ""
+    redis_password: SecretStr = SecretStr("")
+    redis_password_file: Path | None = None
+    redis_ssl_cafile: Path | None = None
+    redis_ssl_certfile: Path | None = None
+    redis_ssl_keyfile: Path | None = None
 
     # Kafka topic names allow letters, digits, . _ - only: a bad prefix fails here, not at the
     # first topic creation.
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
     namespace: str = Field("prod", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     group_id: str = "streamrec-worker"
+    # Delivery semantics (docs/reliability.md "Delivery semantics"): at_least_once, or
+    # exactly_once (each batch's outputs and offsets in one Kafka transaction, stream/app.py).
+    processing_guarantee: str = Field("at_least_once", pattern=r"^(at_least_once|exactly_once)$")
     model_dir: Path = DEFAULT_HOME / "models"
 
     batch_max: int = Field(64, ge=1, le=10_000)
@@ -90,8 +110,27 @@ class Settings(BaseSettings):
     # users, first items) reused for this long; bounds their staleness. 0 (default): no
     # cache -- on DIGINETICA-like traffic at ~1k events/s it saved nothing (bench/cache.py).
     result_cache_ttl_ms: int = Field(0, ge=0, le=3_600_000)
+    # Privacy (docs/security.md): user ids become HMAC-SHA256(key, id)[:32 hex] right after
+    # validation (features/pseudonym.py), in workers, the training agent and forget-user alike.
+    # Empty key and no file: off. Set at most one of the two.
+    pseudonymise_key: SecretStr = SecretStr("")
+    pseudonymise_key_file: Path | None = None
 
     max_event_bytes: int = Field(16_384, ge=256)
+    # Input limits (topics/events.py Limits): longer queries and longer shown_items /
+    # query_tokens lists are dead-lettered; so are timestamps this far ahead of the worker's
+    # clock (0: only the fixed year-3000 bound).
+    max_query_chars: int = Field(512, ge=1, le=100_000)
+    max_items_per_event: int = Field(200, ge=1, le=100_000)
+    max_event_future_s: float = Field(86_400.0, ge=0)
+    # Traffic anomalies (features/traffic.py): a user, session or item with more events than
+    # this in a sliding minute (event time) is flagged: answered with a non-personalised list
+    # and kept out of state, online co-visitation, trending and training. 0 = off.
+    anomaly_user_events_per_min: int = Field(120, ge=0)
+    anomaly_session_events_per_min: int = Field(120, ge=0)
+    anomaly_item_events_per_min: int = Field(3000, ge=0)
+    # Keys tracked per kind (least recently seen forgotten first): bounds the detector's memory.
+    anomaly_max_keys: int = Field(50_000, ge=1, le=10_000_000)
     metrics_port: int = Field(9108, ge=0, le=65535)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda)$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
@@ -154,6 +193,14 @@ class Settings(BaseSettings):
                 f"the STREAMREC_GUARD_WINDOW of {self.guard_window} (the guard would never "
                 "decide); lower it or raise the window"
             )
+        if self.pseudonymise_key.get_secret_value() and self.pseudonymise_key_file is not None:
+            problems.append(
+                "STREAMREC_PSEUDONYMISE_KEY and STREAMREC_PSEUDONYMISE_KEY_FILE are both set; "
+                "set one of them"
+            )
+        from stream.transport import transport_problems
+
+        problems.extend(transport_problems(self))
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -178,5 +225,10 @@ def load_settings(**overrides: object) -> Settings:
                 if name.upper() in {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
                 else (f"STREAMREC_{name.upper()}")
             )
-            problems.append(f"{env}: {err['msg']} (got {err.get('input')!r})")
+            got = err.get("input")
+            if name.lower() == "redis_url" or "password" in name:  # never echo a secret
+                from stream.transport import redact_url
+
+                got = redact_url(str(got)) if name.lower() == "redis_url" else "***"
+            problems.append(f"{env}: {err['msg']} (got {got!r})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from exc

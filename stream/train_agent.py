@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from features.traffic import TrafficMonitor
 from models.ab import ABSplit
 from models.bundle import Bundle
 from models.export import load_ranker, write_fine_tuned
@@ -61,15 +62,29 @@ from models.registry import (
     promote_version,
 )
 from models.serving import DEFAULT_EVENT_WEIGHTS, ServingModel
+from stream.anomaly import check_event, input_limits, rate_bounds
+from stream.forget import ForgetRequest, pseudonymiser_of
 from stream.gates import GATE_K, canary_consistency, gate_config
+from stream.kafka_admin import create_topics
 from stream.registry import announce_update, record_gate, record_in_redis
 from stream.settings import Settings
+from stream.transport import KafkaSecurity
 from topics import names
-from topics.events import InvalidEvent, Limits, UserEvent, parse_event
+from topics.events import InvalidEvent, UserEvent, parse_event
 
 log = logging.getLogger("streamrec.trainer")
 
 FETCH_MAX_RECORDS = 2000
+
+
+def session_key_prefix(user_id: str) -> str:
+    return f"{user_id}\x1f"
+
+
+def session_key(event: UserEvent) -> str:
+    """The example builder's session key: the user's id, then the session's, so that a
+    user's open sessions can be found and dropped (``TrainingAgent.forget``)."""
+    return session_key_prefix(event.user_id) + event.session_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +210,7 @@ class TrainingAgent:
         self.base = ""
         self.window = Window()
         self.pending: list[Example] = []
+        self.pending_users: list[str] = []  # pending[i] came from pending_users[i] (forget)
         self.since = clock()
         self.train_s = 0.0
 
@@ -225,6 +241,7 @@ class TrainingAgent:
             {item: i + 1 for i, item in enumerate(bundle.item_ids)}, bundle.max_recent, weights
         )
         self.pending.clear()
+        self.pending_users.clear()
         self.window = Window()
         self.since = self.clock()
         self.metrics.base.clear()
@@ -246,15 +263,31 @@ class TrainingAgent:
         made = 0
         for e in mine:
             self.recent.append(e)
-            example = self.builder.feed(e.session_id, e.item_id, e.event_type.value)
+            example = self.builder.feed(session_key(e), e.item_id, e.event_type.value)
             if example is not None:
                 self.pending.append(example)
+                self.pending_users.append(e.user_id)
                 made += 1
         self.metrics.events.labels("learnt_from").inc(len(mine))
         while len(self.pending) >= self.cfg.chunk:
             chunk, self.pending = self.pending[: self.cfg.chunk], self.pending[self.cfg.chunk :]
+            del self.pending_users[: self.cfg.chunk]
             self._train(chunk)
         return made
+
+    def forget(self, user_id: str) -> tuple[int, int, int]:
+        """Erase ``user_id`` (as stored) from the agent's memory (``streamrec forget-user``):
+        their recent events (the consistency gate's canary), their examples not learnt yet and
+        their open sessions. Returns those three counts. What was learnt stays in the weights."""
+        recent = [e for e in self.recent if e.user_id != user_id]
+        n_recent = len(self.recent) - len(recent)
+        self.recent = deque(recent, maxlen=self.recent.maxlen)
+        keep = [i for i, u in enumerate(self.pending_users) if u != user_id]
+        n_pending = len(self.pending) - len(keep)
+        self.pending = [self.pending[i] for i in keep]
+        self.pending_users = [self.pending_users[i] for i in keep]
+        sessions = self.builder.forget(session_key_prefix(user_id))
+        return n_recent, n_pending, sessions
 
     def _train(self, chunk: list[Example]) -> None:
         t0 = time.perf_counter()
@@ -376,30 +409,59 @@ async def run_agent(
     from aiokafka import AIOKafkaConsumer
 
     topic = settings.topic_prefix + names.USER_EVENTS.name
+    # streamrec forget-user (stream/forget.py): read in the agent's group with its events.
+    forget_topic = names.forget_requests_topic(settings.topic_prefix)
+    await create_topics(
+        settings.kafka_bootstrap_servers, (names.FORGET_REQUESTS.prefixed(settings.topic_prefix),)
+    )
+    pseudonymise = pseudonymiser_of(settings)
     consumer = AIOKafkaConsumer(
         topic,
+        forget_topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.train_group_id,
         enable_auto_commit=False,
         auto_offset_reset=settings.auto_offset_reset,
+        **KafkaSecurity.of(settings).client_kwargs(),
     )
     await consumer.start()
     log.info("training agent on %s as group %s, fine-tuning %s", topic,
              settings.train_group_id, base)  # fmt: skip
-    limits = Limits(max_bytes=settings.max_event_bytes)
+    limits = input_limits(settings)
+    bounds = rate_bounds(settings)
+    # The workers' verdicts, recomputed: flagged traffic makes no training examples.
+    traffic = TrafficMonitor(bounds) if bounds.enabled else None
     stop = stop or asyncio.Event()
     try:
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=500, max_records=FETCH_MAX_RECORDS)
             events: list[UserEvent] = []
+            forgets: list[ForgetRequest] = []
             for records in fetched.values():
                 for record in records:
+                    if record.topic == forget_topic:
+                        request = ForgetRequest.parse(record.value)
+                        if request is not None:
+                            forgets.append(request)
+                        continue
                     try:
-                        events.append(parse_event(record.value, limits))
+                        event = parse_event(record.value, limits, time.time() * 1000)
                     except InvalidEvent as exc:  # the workers dead-letter it
                         metrics.events.labels(f"invalid_{exc.reason.value}").inc()
+                        continue
+                    if pseudonymise is not None:
+                        event.user_id = pseudonymise(event.user_id)
+                    if traffic is not None and check_event(traffic, event):
+                        metrics.events.labels("flagged").inc()
+                        continue
+                    events.append(event)
             if events:
                 await asyncio.to_thread(agent.feed, events)
+            for request in forgets:  # after the batch's events: none of them survives it
+                n_recent, n_pending, n_sessions = agent.forget(request.user_id)
+                log.info("forget request %s applied: %d recent events, %d pending examples, "
+                         "%d open sessions", request.request_id, n_recent, n_pending,
+                         n_sessions)  # fmt: skip
             if fetched:
                 await consumer.commit()
             if agent.due():

@@ -59,14 +59,35 @@ class InvalidEvent(ValueError):
         self.detail = detail
 
 
+# Timestamps are accepted up to here (year 3000) whatever the clock says.
+MAX_TS_MS = 32_503_680_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Input limits enforced by ``parse_event`` (anything larger is dead-lettered)."""
+    """Input limits enforced by ``parse_event`` (anything larger is dead-lettered).
+
+    max_bytes:       the whole message value (``STREAMREC_MAX_EVENT_BYTES``), checked first
+    max_id_chars:    each id, ``shown_items`` entries included
+    max_query_chars: ``query`` (``STREAMREC_MAX_QUERY_CHARS``)
+    max_items:       entries of ``shown_items`` and of ``query_tokens``
+                     (``STREAMREC_MAX_ITEMS_PER_EVENT``)
+    max_depth:       nesting of an unknown field's value (a scalar is depth 0): unknown
+                     fields are ignored, and deep ones only cost parsing time
+    max_future_ms:   how far ``timestamp_ms`` may run ahead of the worker's clock
+                     (``STREAMREC_MAX_EVENT_FUTURE_S``), checked only when ``parse_event`` is
+                     given ``now_ms``; 0 = not checked. Online co-visitation and trending
+                     decay by event time (features/online_covisit.py), so one event stamped
+                     in the far future would outweigh every present one for as long as its
+                     timestamp stays ahead of the stream: a cheap way to pin an item on top.
+    """
 
     max_bytes: int = 16_384
     max_id_chars: int = 256
     max_query_chars: int = 512
     max_items: int = 200
+    max_depth: int = 32
+    max_future_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -77,7 +98,8 @@ class UserEvent:
     saw it. ``item_id`` is set for item events (view/click/add_to_cart/purchase) and absent
     for searches; ``query`` / ``query_tokens`` / ``shown_items`` belong to searches;
     impressions carry ``shown_items`` and may name the ``recommendation_id`` (the event_id of
-    the Recommendation they showed).
+    the Recommendation they showed). ``extra`` holds the unknown fields whose values are
+    scalars (unknown arrays and objects are validated, then dropped); nothing reads it.
     """
 
     event_id: str
@@ -172,11 +194,33 @@ def parse_record(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     return obj
 
 
-def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
+def _too_deep(value: Any, max_depth: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests containers deeper than ``max_depth`` levels; an
+    explicit stack, so a value as deep as orjson allows (1024) cannot exhaust recursion."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth + 1 > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_event(
+    raw: bytes | None, limits: Limits = Limits(), now_ms: float | None = None
+) -> UserEvent:
     """Validate one Kafka message value and return the event it carries.
 
     Raises ``InvalidEvent`` (never anything else) for bad input, so the caller can dead-letter
-    the message with ``exc.reason`` and go on.
+    the message with ``exc.reason`` and go on. ``now_ms`` (the consumer's wall clock, ms) also
+    rejects timestamps more than ``limits.max_future_ms`` ahead of it; None checks only the
+    fixed range (offline tools read old files with any clock).
     """
     obj = parse_record(raw, limits.max_bytes)
 
@@ -199,8 +243,14 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
     ts = obj["timestamp_ms"]
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise InvalidEvent(Reason.WRONG_TYPE, "'timestamp_ms' must be a number")
-    if not math.isfinite(ts) or ts < 0 or ts > 32_503_680_000_000:  # year 3000
+    if not math.isfinite(ts) or ts < 0 or ts > MAX_TS_MS:
         raise InvalidEvent(Reason.INVALID_VALUE, f"timestamp_ms {ts!r} out of range")
+    if now_ms is not None and limits.max_future_ms > 0 and ts > now_ms + limits.max_future_ms:
+        raise InvalidEvent(
+            Reason.INVALID_VALUE,
+            f"timestamp_ms {ts!r} is {(ts - now_ms) / 1000:.0f} s ahead of the worker's clock "
+            f"(limit {limits.max_future_ms / 1000:.0f} s)",
+        )
 
     item_id: str | None = None
     if event_type in ITEM_EVENTS or obj.get("item_id") is not None:
@@ -234,6 +284,11 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
         if not all(isinstance(s, str | int) and not isinstance(s, bool) for s in shown):
             raise InvalidEvent(Reason.WRONG_TYPE, "'shown_items' must hold item ids")
         shown = [str(s) for s in shown]
+        if not all(0 < len(s) <= limits.max_id_chars for s in shown):
+            raise InvalidEvent(
+                Reason.INVALID_VALUE,
+                f"'shown_items' entries must have 1..{limits.max_id_chars} characters",
+            )
     if event_type is EventType.IMPRESSION and not shown:
         raise InvalidEvent(Reason.MISSING_FIELD, "an impression needs non-empty 'shown_items'")
     recommendation_id = None
@@ -247,7 +302,21 @@ def parse_event(raw: bytes | None, limits: Limits = Limits()) -> UserEvent:
     ):
         raise InvalidEvent(Reason.WRONG_TYPE, "'price' must be a finite number")
 
-    extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
+    # Unknown fields: containers are checked for depth and dropped, scalars kept. Nothing
+    # reads them, and a 16 KiB message of empty containers parses into ~340 KiB of Python
+    # objects, which consumers that keep events (the training agent's window) would hold.
+    extra: dict[str, Any] = {}
+    for k, v in obj.items():
+        if k in _KNOWN_FIELDS:
+            continue
+        if isinstance(v, dict | list):
+            if _too_deep(v, limits.max_depth):
+                raise InvalidEvent(
+                    Reason.INVALID_VALUE,
+                    f"unknown field {k[:64]!r} nests deeper than {limits.max_depth} levels",
+                )
+            continue
+        extra[k] = v
     return UserEvent(
         event_id=event_id,
         event_type=event_type,

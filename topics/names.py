@@ -55,12 +55,22 @@ MODEL_UPDATES = TopicSpec(
     "one ModelUpdate per promoted or rolled-back bundle version; every worker reads all",
 )
 
+# ``streamrec forget-user``: every worker and training agent reads every request (docs/security.md,
+# "Privacy"). Short retention: a request names the user, and its readers act within seconds.
+FORGET_REQUESTS = TopicSpec(
+    "forget-requests",
+    1,
+    1 * DAY_MS,
+    "one ForgetRequest per `streamrec forget-user`; every worker and training agent reads all",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     USER_EVENTS,
     RECOMMENDATIONS,
     DEAD_LETTERS,
     ITEM_CATALOGUE,
     MODEL_UPDATES,
+    FORGET_REQUESTS,
 )
 
 
@@ -86,3 +96,8 @@ def catalogue_topic(prefix: str = "") -> str:
 def model_updates_topic(prefix: str = "") -> str:
     """The model-updates topic name with ``prefix`` applied."""
     return prefix + MODEL_UPDATES.name
+
+
+def forget_requests_topic(prefix: str = "") -> str:
+    """The forget-requests topic name with ``prefix`` applied."""
+    return prefix + FORGET_REQUESTS.name

@@ -30,6 +30,10 @@ class Recommendation:
     schema_version: int = SCHEMA_VERSION
     # The A/B arm that served it (models/ab.py); absent when no split is configured.
     arm: str | None = None
+    # True when the trigger's user, session or item was flagged as anomalous traffic
+    # (features/traffic.py): a non-personalised list, and the event changed no state.
+    # Absent (False) otherwise.
+    flagged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -47,6 +51,8 @@ class Recommendation:
         }
         if self.arm is not None:
             out["arm"] = self.arm
+        if self.flagged:
+            out["flagged"] = True
         return out
 
     @classmethod

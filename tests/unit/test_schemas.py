@@ -208,9 +208,10 @@ def test_recommendation_fields_match_the_code() -> None:
     schema = load("recommendation.schema.json")
     names = [f.name for f in dataclasses.fields(Recommendation)]
     record = sample_recommendation().to_dict()
-    with_arm = dataclasses.replace(sample_recommendation(), arm="B").to_dict()
+    with_arm = dataclasses.replace(sample_recommendation(), arm="B", flagged=True).to_dict()
     assert set(schema["properties"]) == set(names) == set(with_arm)
-    assert set(schema["required"]) == set(record) == set(with_arm) - {"arm"}  # arm: A/B only
+    # arm: A/B only; flagged: anomalous traffic only
+    assert set(schema["required"]) == set(record) == set(with_arm) - {"arm", "flagged"}
     assert_types(schema, with_arm)
     assert schema["additionalProperties"] is False
     assert schema["properties"]["schema_version"]["const"] == recommendations.SCHEMA_VERSION
