@@ -98,6 +98,11 @@ class WindowCounter:
         slot = self._keys.get(key)
         return 0.0 if slot is None else self._estimate(slot, max(int(t_ms), slot[3]))
 
+    def forget(self, key: str) -> bool:
+        """Drop ``key``'s counts and flag (``streamrec forget-user``); whether it was held."""
+        self._flagged.discard(key)
+        return self._keys.pop(key, None) is not None
+
     def flagged(self, now_ms: float | None = None) -> int:
         """How many keys are over the limit at ``now_ms`` (default: the last event's time);
         keys that calmed down are dropped from the flagged set."""
@@ -145,6 +150,12 @@ class TrafficMonitor:
             if key is not None and counter.add(key, t_ms):
                 over.append(kind)
         return over
+
+    def forget_user(self, user_id: str) -> bool:
+        """Erase ``user_id`` from the user counter (``streamrec forget-user``). Session and
+        item counters hold no user id; they age out of the window in a minute."""
+        counter = self.counters.get("user")
+        return counter is not None and counter.forget(user_id)
 
     def flagged(self) -> dict[str, int]:
         """Keys flagged now, per kind in use."""

@@ -139,11 +139,12 @@ class Forgotten:
     redis_keys: int = 0
     hit_lists: int = 0
     impressions: int = 0
+    rate_counters: int = 0
 
     def __str__(self) -> str:
         return (
             f"{self.redis_keys} redis keys, {self.hit_lists} pending lists, "
-            f"{self.impressions} pending impressions"
+            f"{self.impressions} pending impressions, {self.rate_counters} rate counters"
         )
 
 
@@ -153,6 +154,8 @@ async def forget_in_worker(handler: BatchHandler, user_id: str) -> Forgotten:
         hit_lists=int(handler.tracker.forget(user_id)),
         impressions=int(handler.impressions.forget(user_id)),
     )
+    if handler.traffic is not None:
+        out.rate_counters = int(handler.traffic.forget_user(user_id))
     client = getattr(handler.store, "client", None)
     if client is not None:
         out.redis_keys = await delete_user_keys(client, handler.store.namespace, user_id)

@@ -459,6 +459,8 @@ async def run_agent(
                 await asyncio.to_thread(agent.feed, events)
             for request in forgets:  # after the batch's events: none of them survives it
                 n_recent, n_pending, n_sessions = agent.forget(request.user_id)
+                if traffic is not None:
+                    traffic.forget_user(request.user_id)
                 log.info("forget request %s applied: %d recent events, %d pending examples, "
                          "%d open sessions", request.request_id, n_recent, n_pending,
                          n_sessions)  # fmt: skip

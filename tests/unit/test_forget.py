@@ -7,6 +7,7 @@ import inspect
 
 import features
 from features import keys
+from features.traffic import RateBounds, TrafficMonitor
 from models.ab import HitTracker, ImpressionTracker
 from stream.cli import build_parser
 from stream.forget import ForgetRequest, forget_in_worker, user_keys
@@ -68,10 +69,17 @@ async def test_a_worker_erases_the_user_from_its_trackers_and_redis() -> None:
     h.tracker.recommended("x", "v1\t", ["a"])
     h.impressions.impressed("x", ("v1", ""), ["a"])
     h.tracker.recommended("y", "v1\t", ["a"])
+    h.traffic = TrafficMonitor(RateBounds(user=2, session=0, item=0))
+    for t in range(3):
+        h.traffic.check("x", "s", None, t)
+        h.traffic.check("y", "s", None, t)
     out = await forget_in_worker(h, "x")
-    assert (out.redis_keys, out.hit_lists, out.impressions) == (1, 1, 1)
+    assert (out.redis_keys, out.hit_lists, out.impressions, out.rate_counters) == (1, 1, 1, 1)
     assert list(redis.data) == [keys.user_key("ns", "y")]
     assert list(h.tracker._last) == ["y"] and h.impressions.pending == 0
+    user_counter = h.traffic.counters["user"]
+    assert user_counter.rate("x", 3) == 0 and user_counter.rate("y", 3) > 0
+    assert user_counter.flagged() == 1  # y, still flooding; x's flag went with its counts
 
 
 def test_the_cli_has_forget_user() -> None:
