@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
-from aiokafka import AIOKafkaConsumer
 from faust.types import EventT
 
 from features.item_text_store import RedisItemTextStore
@@ -30,6 +29,7 @@ from models.text_index import ItemTextIndex
 from stream.agents import BatchHandler, CatalogueHandler, RawMessage
 from stream.anomaly import input_limits, rate_bounds
 from stream.batcher import IDLE, SIZE, BatchPolicy, CostModel, budget_batches, wall_ms
+from stream.follow import follow_topic
 from stream.forget import ForgetRequest, follow_forget_requests, forget_in_worker, pseudonymiser_of
 from stream.guard import RollbackGuard
 from stream.health import CHECK_INTERVAL_S, Health, bundle_age_s, kafka_reachable, partition_lags
@@ -361,37 +361,21 @@ def create_app(
         consumer group of its own, from the end (older versions are on disk, and the check
         of ``CURRENT`` covers what was announced before this worker started)."""
         group = f"{settings.group_id}-models-{socket.gethostname()}-{os.getpid()}"
-        while True:
-            consumer = AIOKafkaConsumer(
-                updates_topic,
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                **kafka_security.client_kwargs(),
-                group_id=group,
-                auto_offset_reset="latest",
-                enable_auto_commit=True,
-            )
-            try:
-                await consumer.start()
-                announced = False
-                while True:
-                    batch = await consumer.getmany(timeout_ms=500)
-                    if not announced and consumer.assignment():
-                        announced = True
-                        log.info("following model updates on %s as %s", updates_topic, group)
-                    for records in batch.values():
-                        for record in records:
-                            update = ModelUpdate.parse(record.value)
-                            if update is not None:
-                                await apply_update(update)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception(
-                    "model updates consumer failed; retrying in %.0fs", MODEL_FOLLOW_RETRY_S
-                )
-                await asyncio.sleep(MODEL_FOLLOW_RETRY_S)
-            finally:
-                await consumer.stop()
+
+        async def on_value(value: bytes | None) -> None:
+            update = ModelUpdate.parse(value)
+            if update is not None:
+                await apply_update(update)
+
+        await follow_topic(
+            updates_topic,
+            bootstrap=settings.kafka_bootstrap_servers,
+            group=group,
+            client_kwargs=kafka_security.client_kwargs(),
+            on_value=on_value,
+            what="model updates",
+            retry_s=MODEL_FOLLOW_RETRY_S,
+        )
 
     async def apply_forget(request: ForgetRequest) -> None:
         forgotten = await forget_in_worker((await handler()).events, request.user_id)
@@ -401,7 +385,10 @@ def create_app(
     async def follow_forget() -> None:
         """``streamrec forget-user`` reaches every worker (stream/forget.py)."""
         group = f"{settings.group_id}-forget-{socket.gethostname()}-{os.getpid()}"
-        await follow_forget_requests(settings.kafka_bootstrap_servers, prefix, group, apply_forget)
+        await follow_forget_requests(
+            settings.kafka_bootstrap_servers, prefix, group, apply_forget,
+            kafka=kafka_security.client_kwargs(),
+        )  # fmt: skip
 
     if settings.model_poll_s > 0:
 

@@ -30,7 +30,6 @@ itself (features/pseudonym.py), as the workers do; ``--pseudonymised`` takes the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -167,47 +166,29 @@ async def follow_forget_requests(
     prefix: str,
     group: str,
     apply: Callable[[ForgetRequest], Awaitable[None]],
+    kafka: dict[str, Any] | None = None,
 ) -> None:
     """Apply every request published on ``{prefix}forget-requests`` from now on (a consumer
-    group of this process's own, from the end), forever; a failed consumer is restarted after
-    ``FOLLOW_RETRY_S``."""
-    from aiokafka import AIOKafkaConsumer
-
+    group of this process's own, from the end), forever (stream/follow.py); ``kafka``: the
+    client security options, None for the configuration in the environment."""
+    from stream.follow import follow_topic
     from stream.kafka_admin import create_topics
 
-    topic = forget_requests_topic(prefix)
-    while True:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            auto_offset_reset="latest",
-            enable_auto_commit=True,
-            **kafka_kwargs(),  # TLS/SASL as configured (stream/transport.py)
-        )
-        try:
-            # Created up front: a consumer subscribed to a missing topic would only see it at
-            # its next metadata refresh (minutes).
-            await create_topics(bootstrap, (FORGET_REQUESTS.prefixed(prefix),))
-            await consumer.start()
-            following = False
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                if not following and consumer.assignment():
-                    following = True
-                    log.info("following forget requests on %s as %s", topic, group)
-                for records in batch.values():
-                    for record in records:
-                        request = ForgetRequest.parse(record.value)
-                        if request is not None:
-                            await apply(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("forget requests consumer failed; retrying in %.0fs", FOLLOW_RETRY_S)
-            await asyncio.sleep(FOLLOW_RETRY_S)
-        finally:
-            await consumer.stop()
+    async def on_value(value: bytes | None) -> None:
+        request = ForgetRequest.parse(value)
+        if request is not None:
+            await apply(request)
+
+    await follow_topic(
+        forget_requests_topic(prefix),
+        bootstrap=bootstrap,
+        group=group,
+        client_kwargs=kafka if kafka is not None else kafka_kwargs(),  # stream/transport.py
+        on_value=on_value,
+        what="forget requests",
+        retry_s=FOLLOW_RETRY_S,
+        before_start=lambda: create_topics(bootstrap, (FORGET_REQUESTS.prefixed(prefix),)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
