@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from stream.replay import Collected
+from stream.replay import Collected, collect
 from stream.services import LOCAL
 from tests.integration.conftest import KAFKA_PORT, REDIS_PORT
 from topics.events import UserEvent
@@ -245,6 +245,29 @@ class Tally:
         ]
         parts += [f"{k}={v}" for k, v in extra.items()]
         return ", ".join(parts)
+
+
+async def collect_acked(
+    bootstrap: str,
+    recs_topic: str,
+    dead_topic: str,
+    acked: set[str],
+    *,
+    linger_s: float = 2.0,
+    isolation_level: str = "read_uncommitted",
+) -> Collected:
+    """Every answer to the events the broker acknowledged (``SteadyProducer.acked``), read
+    from the start of the output topics; waits up to 90 s for all of them, then ``linger_s``
+    more for late duplicates."""
+    return await collect(
+        bootstrap,
+        recs_topic,
+        dead_topic,
+        expect=len(acked),
+        timeout_s=90,
+        linger_s=linger_s,
+        isolation_level=isolation_level,
+    )
 
 
 def _dead_letter_event_id(raw: bytes) -> str | None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from stream.kafka_admin import create_topics
-from stream.replay import collect
 from tests.faults._helpers import (
     LiveView,
     SteadyProducer,
+    collect_acked,
     report,
     service,
     skip_unless_own,
@@ -75,14 +75,7 @@ async def test_broker_restart_worker_reconnects_and_loses_nothing(
             await asyncio.sleep(max(0.0, up_at + AFTER_S - time.time()))
             stop.set()
             await feeding
-        got = await collect(
-            services.bootstrap,
-            recs_topic,
-            dead_topic,
-            expect=len(producer.acked),
-            timeout_s=90,
-            linger_s=2,
-        )
+        got = await collect_acked(services.bootstrap, recs_topic, dead_topic, producer.acked)
         assert worker.alive(), worker.log_tail()
     finally:
         if broker_down:

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from stream.kafka_admin import create_topics
-from stream.replay import collect
 from stream.settings import Settings
 from tests.faults._helpers import (
     LiveView,
     SteadyProducer,
+    collect_acked,
     duplicate_records,
     report,
     tally,
@@ -103,12 +103,11 @@ async def test_kill9_twenty_times_loses_nothing(
             worker.start()  # the survivor drains what is left
             stop.set()
             await feeding
-        got = await collect(
+        got = await collect_acked(
             services.bootstrap,
             recs_topic,
             dead_topic,
-            expect=len(producer.acked),
-            timeout_s=90,
+            producer.acked,
             linger_s=3,
             isolation_level="read_committed" if exactly_once else "read_uncommitted",
         )

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from stream.kafka_admin import create_topics
-from stream.replay import collect
-from tests.faults._helpers import LiveView, SteadyProducer, report, tally, traffic
+from tests.faults._helpers import LiveView, SteadyProducer, collect_acked, report, tally, traffic
 from tests.integration.harness import Services, WorkerProcess
 from topics.events import UserEvent
 from topics.names import all_topics
@@ -92,14 +91,7 @@ async def test_second_worker_joins_and_leaves_under_load(
             await asyncio.sleep(PHASE_S)
             stop.set()
             await feeding
-        got = await collect(
-            services.bootstrap,
-            recs_topic,
-            dead_topic,
-            expect=len(producer.acked),
-            timeout_s=90,
-            linger_s=2,
-        )
+        got = await collect_acked(services.bootstrap, recs_topic, dead_topic, producer.acked)
         assert first.alive(), first.log_tail()
     finally:
         second.stop()

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from stream.kafka_admin import create_topics
-from stream.replay import collect
 from tests.faults._helpers import (
     LiveView,
     RssSampler,
     SteadyProducer,
+    collect_acked,
     report,
     service,
     skip_unless_own,
@@ -101,14 +101,7 @@ async def test_redis_outage_30s_worker_survives_and_drains(
             await asyncio.sleep(max(0.0, up_at + AFTER_S - time.time()))
             stop.set()
             await feeding
-            got = await collect(
-                services.bootstrap,
-                recs_topic,
-                dead_topic,
-                expect=len(producer.acked),
-                timeout_s=90,
-                linger_s=2,
-            )
+            got = await collect_acked(services.bootstrap, recs_topic, dead_topic, producer.acked)
             await rss.stop()
         assert worker.alive(), worker.log_tail()
         retries = _state_retries(worker.metrics_port)

@@ -17,6 +17,7 @@ from stream.agents import BatchHandler, RawMessage
 from stream.anomaly import Fallback, check_event, merge_in_order
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Trigger
+from tests.unit.test_batch_handler import Sink
 from topics.events import EventType, Limits, UserEvent
 from topics.recommendations import Recommendation
 
@@ -36,20 +37,8 @@ def rec(eid: str, flagged: bool = False) -> Recommendation:
                           flagged=flagged)  # fmt: skip
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes]] = []
-
-    async def __call__(self, topic: str, key: bytes | None, value: bytes) -> Any:
-        self.sent.append((topic, key, value))
-
-        async def done() -> None:
-            return None
-
-        return done()
-
-    def recs(self) -> list[Recommendation]:
-        return [Recommendation.from_bytes(v) for t, _, v in self.sent if t == "recs"]
+def recs(sink: Sink) -> list[Recommendation]:
+    return [Recommendation.from_bytes(v) for v in sink.on("recs")]
 
 
 def answer(t: Trigger) -> Recommendation:
@@ -106,7 +95,7 @@ async def test_a_flooding_user_is_answered_but_kept_out_of_the_pipeline(
                             event("imp", "bot", t0 + 7, "impression")))  # fmt: skip
     await h.handle(batch)
 
-    out = sink.recs()
+    out = recs(sink)
     # every trigger answered exactly once, in the batch's order (the impression by none)
     expected = [e for i in range(6) for e in (f"b{i}", f"h{i}")]
     assert [r.event_id for r in out] == expected
@@ -133,7 +122,7 @@ async def test_without_a_monitor_nothing_is_flagged(pipeline_calls: list[list[st
     t0 = 1_700_000_000_000
     await h.handle([RawMessage("t", 0, i, 0.0, b"bot", event(f"b{i}", "bot", t0 + i))
                     for i in range(300)])  # fmt: skip
-    assert len(pipeline_calls[0]) == 300 and not any(r.flagged for r in sink.recs())
+    assert len(pipeline_calls[0]) == 300 and not any(r.flagged for r in recs(sink))
 
 
 async def test_a_batch_of_only_flagged_events_is_answered(
@@ -146,7 +135,7 @@ async def test_a_batch_of_only_flagged_events_is_answered(
     await h.handle([RawMessage("t", 0, i, 0.0, b"bot", event(f"b{i}", "bot", t0 + i))
                     for i in range(1, 4)])  # fmt: skip
     assert pipeline_calls == [["b0"]]
-    assert [(r.event_id, r.flagged) for r in sink.recs()] == [
+    assert [(r.event_id, r.flagged) for r in recs(sink)] == [
         ("b0", False),
         ("b1", True),
         ("b2", True),
